@@ -1,0 +1,198 @@
+"""Lazy gates (LazyDiT, Shen et al. 2025, §3.3): one linear map D -> 1 per block x module x timestep bucket.
+
+score = sigmoid(<pool_tokens(Z), w>), where Z is the adaLN-modulated input of the module. A module computes
+iff score >= threshold (the reference code's convention: high score = compute). The paper pools by summing
+over tokens, which ties the weights to one resolution; "mean" is this project's resolution-robust variant.
+Every file records its pooling, the timesteps its buckets were trained at and the architecture it fits.
+"""
+
+import argparse
+import json
+import re
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from .diffusion import space_timesteps
+
+MODULES = ("attn", "mlp")
+ATTN, MLP = 0, 1
+POOLINGS = ("mean", "sum")
+FORMAT = "lazydit-gates"
+VERSION = 1
+
+
+class GateFileError(ValueError):
+    """A gate file that cannot be used; the message names the file, the problem and the fix."""
+
+
+@dataclass
+class GateInfo:
+    """What a gate file was made for."""
+
+    architecture: str                  # "dit" or "pixart"
+    depth: int
+    width: int
+    timesteps: list                    # bucket centres, diffusion timesteps 0..999, ascending
+    pooling: str = "mean"
+    tokens: int = 0                    # token count trained at (what sum pooling is tied to); 0 = unknown
+    calibration: list = field(default_factory=list)   # [[threshold, measured lazy ratio], ...]
+    recipe: dict = field(default_factory=dict)
+    source_model: str = ""             # sha256 of the model the gates were trained on, if known
+
+    def to_metadata(self):
+        meta = {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in vars(self).items()}
+        return {"format": FORMAT, "version": str(VERSION), **meta}
+
+    @classmethod
+    def from_metadata(cls, meta, name="gate file"):
+        if meta.get("format") != FORMAT:
+            raise GateFileError(f"{name} is not a LazyDiT gate file (metadata format={meta.get('format')!r}); "
+                                f"convert reference checkpoints with `python -m lazydit.lazy_core.gates convert`")
+        if int(meta.get("version", 0)) > VERSION:
+            raise GateFileError(f"{name} has gate format version {meta['version']}, newer than this pack "
+                                f"understands ({VERSION}); update the node pack")
+        try:
+            return cls(architecture=meta["architecture"], depth=int(meta["depth"]), width=int(meta["width"]),
+                       timesteps=json.loads(meta["timesteps"]), pooling=meta.get("pooling", "mean"),
+                       tokens=int(meta.get("tokens", 0)), calibration=json.loads(meta.get("calibration", "[]")),
+                       recipe=json.loads(meta.get("recipe", "{}")), source_model=meta.get("source_model", ""))
+        except (KeyError, ValueError) as err:
+            raise GateFileError(f"{name}: metadata is incomplete or corrupt ({err!r})") from err
+
+
+class GateBank(nn.Module):
+    """All gates of one model: weight (depth, 2 modules, buckets, D) and which buckets were trained."""
+
+    def __init__(self, info: GateInfo, weight=None, trained=None):
+        super().__init__()
+        if info.pooling not in POOLINGS:
+            raise GateFileError(f"unknown pooling {info.pooling!r}; expected one of {POOLINGS}")
+        shape = (info.depth, len(MODULES), len(info.timesteps), info.width)
+        self.info = info
+        # Zero init: every score starts at sigmoid(0) = 0.5 (the reference code's initialisation).
+        self.weight = nn.Parameter(torch.zeros(shape) if weight is None else weight.float().clone())
+        if tuple(self.weight.shape) != shape:
+            raise GateFileError(f"gate weight has shape {tuple(self.weight.shape)}, metadata says {shape}")
+        trained = torch.ones(shape[:3], dtype=torch.bool) if trained is None else trained.bool()
+        self.register_buffer("trained", trained, persistent=False)
+        self._timesteps = torch.tensor(info.timesteps, dtype=torch.float32)
+        gaps = self._timesteps.diff()
+        # A timestep farther than half the widest bucket gap from every bucket has no gate: compute.
+        self.radius = max(1.0, float(gaps.max()) / 2) if len(gaps) else 1.0
+
+    def bucket(self, timestep):
+        """Index of the nearest trained bucket for a diffusion timestep, or None if none is near."""
+        dist = (self._timesteps - float(timestep)).abs()
+        i = int(dist.argmin())
+        return i if float(dist[i]) <= self.radius else None
+
+    def score(self, block, module, bucket, z):
+        """Compute-probability per row: sigmoid(<pool(z), w>) for z (rows, T, D) -> (rows,)."""
+        w = self.weight[block, module, bucket].to(device=z.device, dtype=torch.float32)   # (D,)
+        pooled = z.float().mean(dim=1) if self.info.pooling == "mean" else z.float().sum(dim=1)  # (rows, D)
+        return torch.sigmoid(pooled @ w)
+
+    def check_fits(self, architecture, depth, width, name="these gates"):
+        """Raises GateFileError unless the gates were made for this architecture, depth and width."""
+        i = self.info
+        if (i.architecture, i.depth, i.width) != (architecture, depth, width):
+            raise GateFileError(
+                f"{name} fit {i.architecture} with depth {i.depth} / width {i.width}, but the model is "
+                f"{architecture} with depth {depth} / width {width}: load gates trained for this model, "
+                f"or train new ones with the LazyDiT gate trainer")
+
+    def expected_ratio(self, threshold):
+        """Lazy ratio the calibration table predicts at a threshold (linear interpolation), or None."""
+        table = sorted(self.info.calibration)
+        if not table:
+            return None
+        if threshold <= table[0][0]:
+            return table[0][1]
+        for (t0, r0), (t1, r1) in zip(table, table[1:]):
+            if threshold <= t1:
+                return r0 + (r1 - r0) * (threshold - t0) / max(t1 - t0, 1e-12)
+        return table[-1][1]
+
+    def save(self, path):
+        save_file({"weight": self.weight.detach().float().contiguous(),
+                   "trained": self.trained.to(torch.uint8).contiguous()}, path, metadata=self.info.to_metadata())
+
+    @classmethod
+    def load(cls, path, name=None):
+        """Loads a gate file strictly; any problem is a GateFileError naming the file."""
+        name = name or str(path)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise GateFileError(f"{name} cannot be read as safetensors ({err}); the file is truncated, corrupt "
+                                f"or not a gate file: download or train it again") from err
+        info = GateInfo.from_metadata(meta, name)
+        missing = {"weight", "trained"} - set(tensors)
+        if missing:
+            raise GateFileError(f"{name} lacks tensors {sorted(missing)}: not a complete LazyDiT gate file")
+        return cls(info, tensors["weight"], tensors["trained"])
+
+
+#################################################################################
+#               Import of the reference implementation's checkpoints            #
+#################################################################################
+
+REFERENCE_KEY = re.compile(r"block_(\d+)_(attn|mlp)_lazy_learning_weight_(\d+)$")
+
+
+def from_reference(state, num_steps=None, tokens=0, architecture="dit"):
+    """GateBank from shawnricecake/lazydit weights {"block_{l}_{attn|mlp}_lazy_learning_weight_{i}": (1, D)}.
+
+    Index i is the respaced step index of a `num_steps` DDIM schedule (0 = the last, cleanest step), so
+    bucket i sits at DiT's respaced timestep i. The reference sums over tokens (pooling "sum"). Its
+    training leaves odd indices at exactly zero (never trained, §1.6 of the method notes): such buckets
+    are marked untrained, so they always compute."""
+    state = state.get("model", state)
+    found = {}
+    for key, value in state.items():
+        m = REFERENCE_KEY.search(key)
+        if m:
+            found[(int(m[1]), MODULES.index(m[2]), int(m[3]))] = value.reshape(-1)
+    if not found:
+        raise GateFileError("no keys of the form block_{l}_{attn|mlp}_lazy_learning_weight_{i} found")
+    depth = 1 + max(k[0] for k in found)
+    steps = num_steps or 1 + max(k[2] for k in found)
+    width = next(iter(found.values())).numel()
+    weight = torch.zeros(depth, len(MODULES), steps, width)
+    for (block, module, i), w in found.items():
+        weight[block, module, i] = w.float()
+    trained = weight.abs().sum(-1) > 0
+    info = GateInfo(architecture=architecture, depth=depth, width=width, timesteps=space_timesteps(steps),
+                    pooling="sum", tokens=tokens, recipe={"source": "shawnricecake/lazydit checkpoint"})
+    return GateBank(info, weight, trained)
+
+
+def load_reference_checkpoint(path):
+    """torch.load of a reference checkpoint without code execution (its "args" is an argparse.Namespace)."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m lazydit.lazy_core.gates",
+                                description="Convert shawnricecake/lazydit gate checkpoints to LazyDiT gate files.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("convert")
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.add_argument("--steps", type=int, default=None, help="step count the gates were trained for (default: inferred)")
+    c.add_argument("--tokens", type=int, default=256, help="token count trained at (256 = DiT-XL/2 at 256 px)")
+    args = p.parse_args(argv)
+    bank = from_reference(load_reference_checkpoint(args.src), args.steps, args.tokens)
+    bank.save(args.dst)
+    print(f"wrote {args.dst}: depth {bank.info.depth}, width {bank.info.width}, {len(bank.info.timesteps)} buckets")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""lazy_core engine tests: adapters, cache, policies and gates on tiny DiTs, without ComfyUI."""
+
+import pytest
+import torch
+
+from lazydit.lazy_core.adapters import BlockAdapter, attach
+from lazydit.lazy_core.diffusion import GaussianDiffusion, space_timesteps
+from lazydit.lazy_core.dit import DiT, DiTConfig
+from lazydit.lazy_core.engine import CacheOptions, RunState
+from lazydit.lazy_core.gates import GateBank, GateFileError, GateInfo, from_reference
+from lazydit.lazy_core.policies import Fora, ForcedRatio, LearnedGates, NeverLazy, Policy
+from lazydit.lazy_core.run import LazyRun
+
+STEPS = 10
+
+
+def tiny_dit(seed=0, depth=3):
+    torch.manual_seed(seed)
+    model = DiT(DiTConfig(input_size=8, depth=depth, hidden_size=32, num_heads=2, num_classes=10))
+    model.initialize_weights(seed)
+    with torch.no_grad():   # adaLN-Zero starts as the identity; perturb so every block matters
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def random_gates(depth=3, width=32, seed=1, scale=2.0):
+    g = torch.Generator().manual_seed(seed)
+    info = GateInfo("dit", depth, width, space_timesteps(STEPS))
+    return GateBank(info, scale * torch.randn(depth, 2, STEPS, width, generator=g))
+
+
+def sample(model, y, seed=0, cfg=3.0):
+    noise = torch.randn(len(y), 4, 8, 8, generator=torch.Generator().manual_seed(seed))
+    return GaussianDiffusion().ddim_sample(model, noise, y, STEPS, cfg_scale=cfg, null_label=10)
+
+
+def lazy_sample(model, policy, y, options=CacheOptions(), **kw):
+    with LazyRun(model, policy, options) as run:
+        out = sample(run, y, **kw)
+    return out, run.report
+
+
+Y = torch.tensor([1, 4, 7])
+
+
+@pytest.mark.parametrize("policy", [NeverLazy(), LearnedGates(random_gates(), 0.0)], ids=["never", "threshold0"])
+def test_exact_when_nothing_is_lazy(policy):
+    """With no module lazy, lazy sampling is bit-identical to the plain model."""
+    model = tiny_dit()
+    ref = sample(model, Y)
+    out, report = lazy_sample(model, policy, Y)
+    assert torch.equal(out, ref), f"max diff {(out - ref).abs().max()}"
+    assert report["ratio"] == 0.0
+
+
+def test_attach_detach_restores_the_same_modules():
+    """attach() swaps in adapters without registering them; detach() restores the same ModuleList."""
+    model = tiny_dit()
+    blocks, keys = model.blocks, set(model.state_dict())
+    handle = attach(model, RunState(NeverLazy()))
+    assert all(isinstance(b, BlockAdapter) for b in model.blocks)
+    assert set(model.state_dict()) == {k for k in keys if not k.startswith("blocks.")}, "adapters hid weights?"
+    with pytest.raises(RuntimeError, match="already attached"):
+        attach(model, RunState(NeverLazy()))
+    handle.detach()
+    assert model.blocks is blocks
+    assert set(model.state_dict()) == keys
+
+
+def test_learned_gates_make_rows_lazy_and_change_output():
+    """Random gates at threshold 0.5 make some but not all modules lazy, and the output moves but stays finite."""
+    model = tiny_dit()
+    ref = sample(model, Y)
+    out, report = lazy_sample(model, LearnedGates(random_gates(), 0.5), Y)
+    assert 0.05 < report["ratio"] < 0.5, report["text"]
+    assert torch.isfinite(out).all()
+    assert not torch.equal(out, ref)
+
+
+def test_rows_decide_independently():
+    """A row's output does not depend on the other rows of the batch (per-row decisions and caches)."""
+    model, gates = tiny_dit(), random_gates()
+    a, _ = lazy_sample(model, LearnedGates(gates, 0.5), torch.tensor([1, 4, 7]))
+    b, _ = lazy_sample(model, LearnedGates(gates, 0.5), torch.tensor([1, 9, 2]))
+    # Row 0 (and its uncond row) saw identical inputs; batch-size effects in matmul stay below 1e-5.
+    torch.testing.assert_close(a[0], b[0], atol=1e-5, rtol=0)
+    assert not torch.allclose(a[1], b[1], atol=1e-3), "rows 1 should differ: they have other labels"
+
+
+def test_batched_equals_one_row_at_a_time():
+    """Gather/scatter of the computing rows gives what each row gives alone."""
+    model, gates = tiny_dit(), random_gates()
+    batched, report = lazy_sample(model, LearnedGates(gates, 0.5), Y)
+    assert 0 < report["ratio"] < 0.5
+    for i in range(len(Y)):
+        noise = torch.randn(len(Y), 4, 8, 8, generator=torch.Generator().manual_seed(0))[i:i + 1]
+        with LazyRun(model, LearnedGates(gates, 0.5)) as run:
+            alone = GaussianDiffusion().ddim_sample(run, noise, Y[i:i + 1], STEPS, cfg_scale=3.0, null_label=10)
+        torch.testing.assert_close(batched[i:i + 1], alone, atol=1e-5, rtol=0)
+
+
+class AlwaysLazy(Policy):
+    """Wants every row lazy at every step (the engine's rules still apply)."""
+
+    lazy_possible = True
+
+    def compute_mask(self, call, block, module, z):
+        return torch.zeros(call.rows, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("max_lazy, expected", [(1, 5), (2, 6), (3, 7)])
+def test_max_consecutive_lazy_steps(max_lazy, expected):
+    """First evaluation computes; then at most max_lazy lazy steps in a row (10 steps: C L C L ... = 5 lazy)."""
+    _, report = lazy_sample(tiny_dit(), AlwaysLazy(), Y, CacheOptions(max_lazy_steps=max_lazy))
+    lazy = report["streams"][0]["lazy"]                         # (steps, depth, 2) lazy rows
+    per_module = lazy[:, 0, 0] / (2 * len(Y))                   # every row of block 0 attn, per step
+    assert int(per_module.sum()) == expected, per_module.tolist()
+    assert per_module[0] == 0, "the first step must compute"
+
+
+def test_fora_refreshes_every_n_steps():
+    """FORA with interval 3 computes steps 0, 3, 6, 9 and is lazy on the other six."""
+    _, report = lazy_sample(tiny_dit(), Fora(3), Y, CacheOptions(max_lazy_steps=2))
+    per_step = report["streams"][0]["lazy"].sum(dim=(1, 2))
+    rows = 2 * len(Y)
+    assert per_step.tolist() == [0 if s % 3 == 0 else rows * 3 * 2 for s in range(STEPS)]
+
+
+def test_forced_ratio_is_measured_ratio():
+    """ForcedRatio(0.5) makes every module lazy on odd steps: a measured lazy ratio of exactly 50 %."""
+    _, report = lazy_sample(tiny_dit(depth=4), ForcedRatio(0.5, 4), Y)
+    assert report["ratio"] == pytest.approx(0.5)
+    _, report = lazy_sample(tiny_dit(depth=4), ForcedRatio(0.25, 4), Y)
+    assert report["ratio"] == pytest.approx(0.25)
+
+
+def test_shape_change_resets_the_stream():
+    """A new batch size for the same stream starts from an empty cache: its first call computes every row."""
+    model = tiny_dit()
+    with LazyRun(model, AlwaysLazy()) as run:
+        t = torch.full((3,), 500)
+        run(torch.randn(3, 4, 8, 8), t, Y)
+        run(torch.randn(3, 4, 8, 8), t, Y)        # lazy everywhere
+        run(torch.randn(2, 4, 8, 8), t[:2], Y[:2])  # new shape: must compute
+    lazy = run.report["streams"][0]["lazy"]
+    assert run.report["streams"][0]["rows"] == 2
+    assert lazy.sum() == 0, "the stream was reset, so its only recorded call computed everything"
+
+
+def test_cache_storage_dtype():
+    """A float16 cache gives finite output within a small distance of the float32 cache."""
+    model, gates = tiny_dit(), random_gates()
+    a, _ = lazy_sample(model, LearnedGates(gates, 0.5), Y)
+    b, _ = lazy_sample(model, LearnedGates(gates, 0.5), Y, CacheOptions(dtype=torch.float16))
+    assert torch.isfinite(b).all()
+    torch.testing.assert_close(a, b, atol=1e-2, rtol=0)
+
+
+def test_cache_is_freed_at_the_end_of_a_run():
+    """After the run, no stream holds a tensor."""
+    model = tiny_dit()
+    with LazyRun(model, AlwaysLazy()) as run:
+        sample(run, Y)
+        assert any(s.outputs for s in run.state.streams.values())
+    assert all(not s.outputs and not s.lazy_run for s in run.state.streams.values())
+
+
+def test_gate_file_round_trip(tmp_path):
+    """Gates saved to safetensors load back with weights, trained mask and metadata."""
+    gates = random_gates()
+    gates.info.calibration = [[0.3, 0.1], [0.5, 0.3], [0.7, 0.45]]
+    gates.trained[0, 1, 2] = False
+    path = tmp_path / "g.safetensors"
+    gates.save(path)
+    back = GateBank.load(path)
+    assert torch.equal(back.weight, gates.weight)
+    assert torch.equal(back.trained, gates.trained)
+    assert back.info == gates.info
+    assert back.expected_ratio(0.6) == pytest.approx(0.375)
+
+
+def test_bad_gate_files(tmp_path):
+    """Truncated, foreign and mismatched gate files raise GateFileError naming the problem."""
+    path = tmp_path / "g.safetensors"
+    random_gates().save(path)
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(GateFileError, match="cut.safetensors.*truncated"):
+        GateBank.load(tmp_path / "cut.safetensors")
+    from safetensors.torch import save_file
+    save_file({"weight": torch.zeros(3)}, tmp_path / "other.safetensors")
+    with pytest.raises(GateFileError, match="not a LazyDiT gate file"):
+        GateBank.load(tmp_path / "other.safetensors")
+    with pytest.raises(GateFileError, match="depth 3 / width 32.*depth 28 / width 1152"):
+        GateBank.load(path).check_fits("dit", 28, 1152)
+
+
+def test_timesteps_far_from_every_bucket_compute():
+    """Gates trained only for t <= 400 compute (and say so) at t = 900."""
+    info = GateInfo("dit", 3, 32, [0, 100, 200, 300, 400])
+    gates = GateBank(info)                     # zero weights: score 0.5 < 0.6, lazy wherever a bucket applies
+    assert gates.bucket(420) == 4 and gates.bucket(900) is None
+    model = tiny_dit()
+    with LazyRun(model, LearnedGates(gates, 0.6)) as run:
+        for t in (900, 880, 120, 100):
+            run(torch.randn(3, 4, 8, 8), torch.full((3,), t), Y)
+    s = run.report["streams"][0]
+    assert s["lazy"].sum(dim=(1, 2)).tolist() == [0, 0, 3 * 3 * 2, 0]   # t=100 follows a lazy step
+    assert any("no trained gate near t=900" in n for n in s["notes"])
+
+
+def test_reference_checkpoint_import():
+    """Reference keys block_{l}_{attn|mlp}_lazy_learning_weight_{i} become sum-pooled buckets at DiT timesteps."""
+    state = {"model": {}}
+    for layer in range(2):
+        for kind in ("attn", "mlp"):
+            for i in range(4):
+                w = torch.full((1, 8), float(i + 1)) if i % 2 == 0 else torch.zeros(1, 8)
+                state["model"][f"block_{layer}_{kind}_lazy_learning_weight_{i}"] = w
+    bank = from_reference(state)
+    assert bank.info.pooling == "sum" and bank.info.depth == 2 and bank.info.width == 8
+    assert bank.info.timesteps == [0, 333, 666, 999]
+    assert bank.trained[:, :, 0].all() and not bank.trained[:, :, 1].any()
+    assert torch.equal(bank.weight[1, 1, 2], torch.full((8,), 3.0))
