@@ -36,6 +36,9 @@ class DiTBlockAdapter(BlockAdapter):
     architecture = "dit"
 
     def forward(self, x, c):
+        return self.state.call.block(self.index, self._forward, x, c)
+
+    def _forward(self, x, c):
         b, call = self.block, self.state.call
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = b.adaLN_modulation(c).chunk(6, dim=1)
         z = modulate(b.norm1(x), shift_msa, scale_msa)                             # (N, T, D)
@@ -61,6 +64,9 @@ class PixArtBlockAdapter(BlockAdapter):
     architecture = "pixart"
 
     def forward(self, x, y, t, mask=None, HW=None, **kwargs):
+        return self.state.call.block(self.index, self._forward, x, y, t, mask, HW)
+
+    def _forward(self, x, y, t, mask=None, HW=None):
         b, call = self.block, self.state.call
         B = x.shape[0]
         table = b.scale_shift_table[None].to(dtype=x.dtype, device=x.device)

@@ -54,7 +54,43 @@ class Call:
         self.bucket = None
         # Per-row step index of its stream (host), for step-pattern policies.
         self.steps = torch.cat([torch.full((stop - start,), s.steps) for s, start, stop in segments])
+        self.range_plan = None              # (start, stop, lazy) for block-range policies
         state.policy.prepare(self)
+        if self.range_plan is not None and self.range_plan[2]:
+            key = ("range",) + tuple(self.range_plan[:2])
+            if any(key not in s.outputs for s, _, _ in segments):
+                self.range_plan = (*self.range_plan[:2], False)     # a stream without Δ: compute
+
+    def block(self, index, forward, x, *args, **kwargs):
+        """Output of block `index` = forward(x, ...), unless the policy caches a block range this step.
+
+        Block-range caching (Δ-DiT): at a computing step the range's output-minus-input Δ is kept; at a
+        lazy step the range's first block returns x + Δ and the others pass x through. Range decisions
+        are per call (the policy is input-independent), and a call with a stream lacking Δ computes."""
+        plan = self.range_plan
+        if plan is None or not plan[0] <= index < plan[1]:
+            return forward(x, *args, **kwargs)
+        start, stop, lazy = plan
+        key = ("range", start, stop)
+        if lazy:
+            if index == start:
+                delta = self._cached(key, x)
+                self._count_range_lazy(start, stop)
+                return x + delta
+            return x
+        if index == start:
+            self._range_input = x
+        out = forward(x, *args, **kwargs)
+        if index == stop - 1:
+            self._store(key, out - self._range_input, torch.ones(self.rows, dtype=torch.bool))
+            self._range_input = None
+        return out
+
+    def _count_range_lazy(self, start, stop):
+        for s, _, _ in self.segments:
+            for block in range(start, stop):
+                for module in range(len(MODULES)):
+                    s.lazy[-1][(block, module)] = s.rows
 
     def run(self, block, module, fn, z):
         """Pre-gate output of `module` of `block` for every row: fn(z) where computed, the cache elsewhere.
@@ -101,6 +137,9 @@ class Call:
         opts = self.state.options
         for s, start, stop in self.segments:
             rows = compute[start:stop]
+            if isinstance(key[0], str):               # a block-range Δ: no per-row bookkeeping
+                s.outputs[key] = out[start:stop].detach()
+                continue
             if bool(rows.any()):
                 fresh = out[start:stop].detach()
                 if opts.dtype is not None or opts.device is not None:

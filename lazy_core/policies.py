@@ -81,3 +81,36 @@ class ForcedRatio(Policy):
         if block not in self.lazy_blocks:
             return None
         return call.steps % 2 == 0
+
+
+class DeltaDiT(Policy):
+    """Δ-DiT (Chen et al. 2024): cache the output-minus-input Δ of a block range, reuse it between refreshes.
+
+    While t > boundary (early, outline stage) the rear `cached_blocks` blocks are cached; while t <= boundary
+    (late, detail stage) the front ones. The paper leaves the refresh rule open; here every stream computes
+    fully on its first evaluation, on every `interval`-th evaluation after it, and on the first evaluation
+    after the boundary is crossed (the cached range changes, so its Δ must be taken anew)."""
+
+    name = "delta-dit"
+    lazy_possible = False        # no per-module decisions: the engine's block-range path does the work
+
+    def __init__(self, depth: int, cached_blocks: int, boundary: float, interval: int):
+        if not 1 <= cached_blocks <= depth:
+            raise ValueError(f"cached_blocks must be in 1..{depth}, got {cached_blocks}")
+        if interval < 1:
+            raise ValueError(f"interval must be >= 1, got {interval}")
+        self.depth, self.cached_blocks, self.boundary, self.interval = depth, cached_blocks, boundary, interval
+        self._since = {}          # stream -> (range, evaluations since its last refresh)
+
+    def prepare(self, call):
+        early = call.timestep > self.boundary
+        span = (self.depth - self.cached_blocks, self.depth) if early else (0, self.cached_blocks)
+        lazy = True
+        for s, _, _ in call.segments:
+            last_span, since = self._since.get(s, (None, 0))
+            if last_span != span or since + 1 >= self.interval:
+                lazy = False
+        for s, _, _ in call.segments:
+            last_span, since = self._since.get(s, (None, 0))
+            self._since[s] = (span, since + 1 if lazy else 0)
+        call.range_plan = (*span, lazy)

@@ -1,5 +1,6 @@
 """Lazy sampling outside ComfyUI (training, benchmarks, the CLI): one run, one stream, a row per sample."""
 
+from .dit import DiT
 from .engine import CacheOptions, RunState
 
 
@@ -26,7 +27,8 @@ class LazyRun:
     def __call__(self, x, t, y):
         self.state.begin_call(["batch"], ["batch"], x.shape[0], x, float(t[0]))
         try:
-            return self.model(x, t, y)
+            # The base forward (all channels) also for host subclasses whose own forward serves the host.
+            return DiT.forward(self.model, x, t, y) if isinstance(self.model, DiT) else self.model(x, t, y)
         finally:
             self.state.end_call()
 

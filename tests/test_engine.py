@@ -8,7 +8,7 @@ from lazydit.lazy_core.diffusion import GaussianDiffusion, space_timesteps
 from lazydit.lazy_core.dit import DiT, DiTConfig
 from lazydit.lazy_core.engine import CacheOptions, RunState
 from lazydit.lazy_core.gates import GateBank, GateFileError, GateInfo, from_reference
-from lazydit.lazy_core.policies import Fora, ForcedRatio, LearnedGates, NeverLazy, Policy
+from lazydit.lazy_core.policies import DeltaDiT, Fora, ForcedRatio, LearnedGates, NeverLazy, Policy
 from lazydit.lazy_core.run import LazyRun
 
 STEPS = 10
@@ -223,3 +223,48 @@ def test_reference_checkpoint_import():
     assert bank.info.timesteps == [0, 333, 666, 999]
     assert bank.trained[:, :, 0].all() and not bank.trained[:, :, 1].any()
     assert torch.equal(bank.weight[1, 1, 2], torch.full((8,), 3.0))
+
+
+def test_delta_dit_exact_with_interval_one():
+    """Δ-DiT refreshing every step never reuses Δ: bit-identical output."""
+    model = tiny_dit(depth=4)
+    ref = sample(model, Y)
+    out, report = lazy_sample(model, DeltaDiT(4, 2, boundary=500, interval=1), Y)
+    assert torch.equal(out, ref) and report["ratio"] == 0.0
+
+
+def test_delta_dit_skip_pattern():
+    """Interval 2: lazy on odd evaluations; rear blocks (2, 3) while t > boundary, front (0, 1) after;
+    the first evaluation after the boundary computes (its range changed)."""
+    model = tiny_dit(depth=4)
+    out, report = lazy_sample(model, DeltaDiT(4, 2, boundary=500, interval=2), Y)
+    assert torch.isfinite(out).all()
+    lazy = report["streams"][0]["lazy"]                  # (steps, depth, 2)
+    ts = report["streams"][0]["timesteps"]               # 999, 888, ..., 0
+    rows = 2 * len(Y)
+    expected = []
+    since, span = None, None
+    for t in ts:
+        new_span = (2, 4) if t > 500 else (0, 2)
+        lazy_now = span == new_span and since is not None and since + 1 < 2
+        since = since + 1 if lazy_now else 0
+        span = new_span
+        expected.append([rows if lazy_now and span[0] <= b < span[1] else 0 for b in range(4)])
+    assert lazy[:, :, 0].tolist() == expected
+    assert torch.equal(lazy[:, :, 0], lazy[:, :, 1]), "a cached block skips attention and MLP together"
+
+
+def test_delta_dit_reuses_the_range_delta():
+    """At a lazy step the range's output is its input plus the Δ taken at the last computing step."""
+    model = tiny_dit(depth=4)
+    with LazyRun(model, DeltaDiT(4, 2, boundary=-1, interval=2)) as run:   # always 'early': rear blocks
+        x, t = torch.randn(3, 4, 8, 8), torch.full((3,), 700)
+        run(x, t, Y)
+        delta = run.state.streams["batch"].outputs[("range", 2, 4)].clone()
+        seen = {}
+        handle_blocks = run.state.blocks
+        hook = handle_blocks[2].register_forward_pre_hook(lambda m, a: seen.setdefault("called", True))
+        run(x, t, Y)
+        hook.remove()
+    assert "called" not in seen, "the cached range must not run"
+    assert delta.shape == (3, 16, 32)

@@ -1,0 +1,292 @@
+"""Trains lazy gates on a frozen DiT (LazyDiT, Shen et al. 2025, §3.3; recipe in the method notes §1.5).
+
+One iteration, per row: a full step at t_a fills the cache with the model's pre-gate module outputs; at the
+next timestep t_b of the same schedule, the full model's output is the target and the soft-lazy forward
+`score * F(z) + (1 - score) * cache` the prediction. Loss = MSE over all output channels + rho * sum over
+blocks of the mean compute score (attn and MLP). Only the gates train (zero-initialised, AdamW).
+
+Beyond the paper, for ComfyUI users who change step counts and samplers: gates are indexed by timestep
+buckets spread over 0..999, and every iteration draws its (t_a, t_b) pair from one of several step counts,
+so each bucket is trained on the step sizes artists use. Two data sources:
+  real   x_{t_a} = q_sample(x_0, t_a) from the data set, as in the paper;
+  self   data-free self-distillation: x_{t_a} from the model's own DDIM trajectories (with CFG) from labels.
+
+    python -m lazydit.lazy_core.train_gates --model weights/dit_demo_fashion.safetensors --out gates.safetensors
+    torchrun --nproc_per_node 2 -m lazydit.lazy_core.train_gates ...        # same global batch, split
+"""
+
+import argparse
+import json
+import logging
+import os
+import random
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+
+from .adapters import Attachment
+from .diffusion import GaussianDiffusion, space_timesteps
+from .dit import DiT, DiTConfig
+from .gates import GateBank, GateInfo
+
+log = logging.getLogger(__name__)
+
+
+#################################################################################
+#                      Calls: how adapters run modules in training              #
+#################################################################################
+
+class TrainCall:
+    """Base of the training calls: whole blocks always run; only module outputs differ."""
+
+    def block(self, index, forward, x, *args, **kwargs):
+        return forward(x, *args, **kwargs)
+
+
+class RecordCall(TrainCall):
+    """Full forward that keeps every module's pre-gate output (the cache a full step leaves behind)."""
+
+    def __init__(self):
+        self.cache = {}
+
+    def run(self, block, module, fn, z):
+        out = fn(z)
+        self.cache[(block, module)] = out
+        return out
+
+
+class FullCall(TrainCall):
+    """Plain forward (the target)."""
+
+    def run(self, block, module, fn, z):
+        return fn(z)
+
+
+class SoftCall(TrainCall):
+    """The training forward: score * F(z) + (1 - score) * cache, with a differentiable score per row."""
+
+    def __init__(self, gates, buckets, cache):
+        self.gates, self.buckets, self.cache = gates, buckets, cache
+        self.scores = []                      # (rows,) per gated module
+
+    def run(self, block, module, fn, z):
+        s = soft_score(self.gates, block, module, self.buckets, z)         # (rows,)
+        self.scores.append(s)
+        s = s[:, None, None]
+        return s * fn(z) + (1 - s) * self.cache[(block, module)]
+
+
+def soft_score(gates, block, module, buckets, z):
+    """Per-row compute probability with per-row buckets: sigmoid(<pool(z), w[bucket_row]>), differentiable."""
+    w = gates.weight[block, module, buckets]                                # (rows, D)
+    pooled = z.float().mean(dim=1) if gates.info.pooling == "mean" else z.float().sum(dim=1)
+    return torch.sigmoid((pooled * w).sum(-1))
+
+
+class _Holder:
+    """The minimal run state the adapters read: the current call."""
+
+    call = None
+    blocks = ()
+
+
+#################################################################################
+#                                Data sources                                   #
+#################################################################################
+
+def schedule_pairs(step_counts):
+    """Every (t_a, t_b) pair of consecutive evaluations in DiT-spaced schedules of the given step counts."""
+    pairs = []
+    for n in step_counts:
+        ts = space_timesteps(n)[::-1]
+        pairs += [(n, ts[i], ts[i + 1]) for i in range(len(ts) - 1)]
+    return pairs
+
+
+@torch.no_grad()
+def trajectory_pool(forward, c, diffusion, step_counts, rows, cfg_scale, seed, labels=None):
+    """Self-distillation data: {n: (x per step (steps, rows, C, H, W), labels)} from the model's own DDIM."""
+    g = torch.Generator().manual_seed(seed)
+    pool = {}
+    for n in step_counts:
+        choices = torch.arange(c.num_classes) if labels is None else torch.as_tensor(labels)
+        y = choices[torch.randint(0, len(choices), (rows,), generator=g)]
+        x = torch.randn(rows, c.in_channels, c.input_size, c.input_size, generator=g)
+        states = []
+        diffusion.ddim_sample(forward, x, y, n, cfg_scale=cfg_scale, null_label=c.num_classes,
+                              on_state=lambda i, t, xt: states.append(xt.clone()))
+        pool[n] = (torch.stack(states), y)            # states[i] is the input of evaluation i
+    return pool
+
+
+#################################################################################
+#                                   Training                                    #
+#################################################################################
+
+def dit_forward(model):
+    """model(x, t, y) -> all output channels in float32, on the model's device and dtype, also for
+    subclasses whose own forward serves a host (ComfyUI)."""
+    w = model.x_embedder.proj.weight
+
+    def forward(x, t, y):
+        return DiT.forward(model, x.to(w.device, w.dtype), t.to(w.device), y.to(w.device)).float()
+    return forward
+
+
+def gate_loss(model, gates, x_a, t_a, x_b_fn, t_b, y, rho):
+    """(loss, mse, mean compute score) for one batch; x_b_fn(eps_a) gives x at t_b."""
+    holder = _Holder()
+    forward = dit_forward(model)
+    handle = Attachment(model, holder).attach()
+    try:
+        with torch.no_grad():
+            holder.call = RecordCall()
+            out_a = forward(x_a, t_a, y).to(x_a.device)
+            cache = holder.call.cache
+            x_b = x_b_fn(out_a[:, :x_a.shape[1]].float())
+            holder.call = FullCall()
+            target = forward(x_b, t_b, y)
+        buckets = torch.tensor([gates.bucket(int(t)) for t in t_b])
+        holder.call = SoftCall(gates, buckets, cache)
+        pred = forward(x_b, t_b, y)
+        scores = torch.stack(holder.call.scores)            # (2 * depth, rows)
+    finally:
+        handle.detach()
+    mse = ((pred - target) ** 2).mean()     # all output channels, eps and learned sigma (method notes §1.5)
+    # rho * (1/B) sum_l sum_b score, for attn and MLP (Eq. 5 in the code's score convention).
+    compute = scores.sum(0).mean()
+    return mse + rho * compute, mse.detach(), scores.detach().mean()
+
+
+def ddim_to(diffusion, x_a, t_a, t_b, eps):
+    """One deterministic DDIM step from t_a to t_b with the model's eps."""
+    x0 = diffusion.predict_xstart(x_a, t_a, eps)
+    acp_b = torch.as_tensor(diffusion.alphas_cumprod, dtype=torch.float32)[t_b].view(-1, 1, 1, 1)
+    return acp_b.sqrt() * x0 + (1 - acp_b).sqrt() * eps
+
+
+def load_model(path):
+    sd = load_file(path)
+    from safetensors import safe_open
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata() or {}
+    if "config" in meta:
+        model = DiT(DiTConfig(**json.loads(meta["config"])))
+        model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+    else:
+        model = DiT.from_state_dict({k: v.float() for k, v in sd.items()})
+    return model.eval().requires_grad_(False)
+
+
+def train(model, args, real_latents=None, rank=0, world=1, labels=None, on_iter=None):
+    """Trains and returns a GateBank for `model` (a lazy_core DiT), following `args` (see parser()).
+
+    labels: the class labels to self-distill from (default: all); on_iter(i, total, loss): progress."""
+    c = model.config
+    step_counts = [int(s) for s in args.step_counts.split(",")]
+    buckets = [round(i * 999 / (args.buckets - 1)) for i in range(args.buckets)]
+    info = GateInfo("dit", c.depth, c.hidden_size, buckets, pooling=args.pooling, tokens=c.tokens,
+                    recipe={"source": args.source, "step_counts": step_counts, "iters": args.iters,
+                            "batch": args.batch, "lr": args.lr, "rho": args.rho, "null_prob": args.null_prob,
+                            "cfg_scale": args.cfg_scale, "seed": args.seed})
+    device = model.x_embedder.proj.weight.device
+    gates = GateBank(info).to(device)
+    opt = torch.optim.AdamW(gates.parameters(), lr=args.lr, weight_decay=0)
+    diffusion = GaussianDiffusion()
+    pairs = schedule_pairs(step_counts)
+    pool = None
+    if args.source == "self":
+        pool = trajectory_pool(dit_forward(model), c, diffusion, step_counts, args.pool, args.cfg_scale, args.seed,
+                               labels)
+    rng = random.Random(args.seed)
+    g = torch.Generator().manual_seed(args.seed)
+    local = args.batch // world
+    t0 = time.time()
+    for it in range(args.iters):
+        # The same global batch on every rank (same seeds); each rank takes its slice.
+        n, ta, tb = pairs[rng.randrange(len(pairs))]
+        if args.source == "self":
+            states, pool_labels = pool[n]
+            k = space_timesteps(n)[::-1].index(ta)
+            idx = torch.randint(0, len(pool_labels), (args.batch,), generator=g)
+            x_a, y = states[k][idx], pool_labels[idx]
+        else:
+            idx = torch.randint(0, len(real_latents[0]), (args.batch,), generator=g)
+            x0, y = real_latents[0][idx], real_latents[1][idx]
+            noise = torch.randn(x0.shape, generator=g)
+            x_a = diffusion.q_sample(x0, torch.full((args.batch,), ta), noise)
+        y = torch.where(torch.rand(args.batch, generator=g) < args.null_prob, c.num_classes, y)
+        sl = slice(rank * local, (rank + 1) * local)
+        x_a, y = x_a[sl], y[sl]
+        t_a, t_b = torch.full((local,), ta), torch.full((local,), tb)
+        loss, mse, score = gate_loss(model, gates, x_a, t_a,
+                                     lambda eps: ddim_to(diffusion, x_a, t_a, t_b, eps), t_b, y, args.rho)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if world > 1:
+            dist.all_reduce(gates.weight.grad)
+            gates.weight.grad /= world
+        opt.step()
+        if rank == 0 and ((it + 1) % args.log_every == 0 or it == 0):
+            log.info("iter %d/%d  loss %.5f  mse %.5f  compute score %.3f  (%.0f s)", it + 1, args.iters,
+                     loss.item(), mse.item(), score.item(), time.time() - t0)
+        if on_iter is not None:
+            on_iter(it + 1, args.iters, loss.item())
+    gates.info.recipe["train_seconds"] = round(time.time() - t0, 1)
+    gates.info.recipe["world_size"] = world
+    return gates.requires_grad_(False)
+
+
+def main(args):
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = 0
+    if world > 1:
+        dist.init_process_group("gloo")
+        rank = dist.get_rank()
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    torch.set_num_threads(args.threads)
+    if args.batch % world:
+        raise SystemExit(f"--batch {args.batch} must divide evenly over {world} processes")
+    model = load_model(args.model)
+    real = None
+    if args.source == "real":
+        from .train_demo import fashion_latents
+        real = fashion_latents("train")
+    gates = train(model, args, real, rank, world)
+    if rank == 0:
+        gates.save(args.out)
+        log.info("wrote %s", args.out)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="python -m lazydit.lazy_core.train_gates", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="DiT weights (.safetensors with a config, or official layout)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--source", choices=("self", "real"), default="self")
+    p.add_argument("--iters", type=int, default=500, help="paper: 500")
+    p.add_argument("--batch", type=int, default=64, help="global batch (paper: 256)")
+    p.add_argument("--lr", type=float, default=1e-2, help="reference argparse default 1e-2 (paper 1e-4)")
+    p.add_argument("--rho", type=float, default=1e-4, help="laziness pressure, paper range 1e-7..1e-2")
+    p.add_argument("--buckets", type=int, default=25, help="timestep buckets spread over 0..999")
+    p.add_argument("--step-counts", default="10,20,30,50")
+    p.add_argument("--pooling", choices=("mean", "sum"), default="mean")
+    p.add_argument("--null-prob", type=float, default=0.5,
+                   help="share of rows trained with the null label (inference runs cond and uncond equally)")
+    p.add_argument("--cfg-scale", type=float, default=4.0, help="guidance of the self-distillation trajectories")
+    p.add_argument("--pool", type=int, default=256, help="trajectories per step count (source self)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--log-every", type=int, default=50)
+    return p
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    main(parser().parse_args())

@@ -1,0 +1,103 @@
+"""Gate training: the loss falls on a tiny model, and torchrun with 2 processes matches 1 process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lazydit.lazy_core import train_gates as tg
+from lazydit.lazy_core.calibrate import calibrate
+from lazydit.lazy_core.dit import DiT, DiTConfig
+from lazydit.lazy_core.gates import GateBank
+
+CONFIG = DiTConfig(input_size=8, depth=3, hidden_size=32, num_heads=2, num_classes=10)
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    model = DiT(CONFIG)
+    model.initialize_weights(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))     # strong enough that module outputs matter
+    return model.eval().requires_grad_(False)
+
+
+def args_for(*extra):
+    return tg.parser().parse_args(["--model", "-", "--out", "-", "--iters", "60", "--batch", "16", "--pool", "16",
+                                   "--step-counts", "10,20", "--buckets", "5", "--threads", "1", *extra])
+
+
+def fixed_batch_mse(model, gates):
+    """Distillation MSE of `gates` on one fixed batch (t 500 -> 400)."""
+    from lazydit.lazy_core.diffusion import GaussianDiffusion
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(16, 4, 8, 8, generator=g)
+    y = torch.randint(0, 10, (16,), generator=g)
+    t_a, t_b = torch.full((16,), 500), torch.full((16,), 400)
+    d = GaussianDiffusion()
+    with torch.no_grad():
+        _, mse, _ = tg.gate_loss(model, gates, x, t_a, lambda eps: tg.ddim_to(d, x, t_a, t_b, eps), t_b, y, 0.0)
+    return float(mse)
+
+
+def test_loss_falls_and_only_gates_train():
+    """Training lowers the distillation loss from its zero-gate start; the model's weights do not move."""
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = []
+    gates = tg.train(model, args_for("--rho", "0"), on_iter=lambda i, n, loss: losses.append(loss))
+    assert len(losses) == 60
+    start = fixed_batch_mse(model, GateBank(gates.info))      # zero gates: the starting point
+    end = fixed_batch_mse(model, gates)
+    assert end < 0.5 * start, f"fixed-batch MSE {start:.3g} -> {end:.3g}"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_laziness_pressure_makes_gates_lazier():
+    """A larger rho gives lower compute scores, so more modules are lazy at the 0.5 threshold."""
+    model = tiny_model()
+    soft = tg.train(model, args_for("--rho", "0"))
+    lazy = tg.train(model, args_for("--rho", "0.05"))
+    ratio_soft = dict(calibrate(model, soft, step_counts=(10,), thresholds=(0.5,))[0])[0.5]
+    ratio_lazy = dict(calibrate(model, lazy, step_counts=(10,), thresholds=(0.5,))[0])[0.5]
+    assert ratio_lazy > ratio_soft, (ratio_soft, ratio_lazy)
+
+
+def test_real_data_source():
+    """The paper's source (real images noised to t) trains too."""
+    model = tiny_model()
+    real = (torch.rand(64, 4, 8, 8) * 2 - 1, torch.randint(0, 10, (64,)))
+    gates = tg.train(model, args_for("--source", "real", "--rho", "0"), real_latents=real)
+    assert fixed_batch_mse(model, gates) < 0.5 * fixed_batch_mse(model, GateBank(gates.info))
+
+
+@pytest.fixture()
+def model_file(tmp_path):
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_model().state_dict().items()}, str(path),
+              metadata={"config": json.dumps(CONFIG.to_dict())})
+    return path
+
+
+def run_cli(launcher, model_file, out):
+    cmd = [*launcher, "-m", "lazydit.lazy_core.train_gates", "--model", str(model_file), "--out", str(out),
+           "--iters", "20", "--batch", "8", "--pool", "16", "--step-counts", "10", "--buckets", "5", "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=str(out.parent))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return GateBank.load(out)
+
+
+def test_torchrun_two_processes_match_one(model_file, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo) with the same global batch trains the same gates as 1 process."""
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    one = run_cli([sys.executable], model_file, tmp_path / "one.safetensors")
+    two = run_cli([torchrun, "--standalone", "--nproc_per_node", "2"], model_file, tmp_path / "two.safetensors")
+    assert two.info.recipe["world_size"] == 2 and one.info.recipe["world_size"] == 1
+    torch.testing.assert_close(two.weight, one.weight, atol=1e-4, rtol=1e-3)
+    assert one.weight.abs().sum() > 0
