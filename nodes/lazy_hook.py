@@ -1,0 +1,92 @@
+"""The one hook: keyed OUTER_SAMPLE and APPLY_MODEL wrappers that run a model's blocks through the lazy engine.
+
+OUTER_SAMPLE creates the run's state and frees it in `finally` (so nothing outlives a run, a failed or
+interrupted one included); APPLY_MODEL opens a call per batch chunk, laid out by the chunk's cond uuids,
+and swaps the adapters into the diffusion model's blocks for exactly that call.
+"""
+
+import functools
+import logging
+
+import comfy.patcher_extension
+from comfy.ldm.pixart.pixartms import PixArtMSBlock
+
+from ..lazy_core.adapters import PixArtBlockAdapter, describe, register_adapter
+from ..lazy_core.engine import CacheOptions, RunState
+
+log = logging.getLogger(__name__)
+
+KEY = "lazydit"
+WRAPPERS = comfy.patcher_extension.WrappersMP
+STREAM_LABELS = {0: "positive", 1: "negative"}
+
+register_adapter(PixArtMSBlock, PixArtBlockAdapter)
+
+
+class LazySession:
+    """What a patched MODEL carries: how to make each run's policy, the cache options, the last report.
+
+    Small and tensor-free apart from the policy's gate bank, which is the additional model's own module
+    (never copied): ModelPatcher.clone() shares attachments and wrappers by reference."""
+
+    def __init__(self, make_policy, options: CacheOptions, title: str):
+        self.make_policy = make_policy
+        self.options = options
+        self.title = title
+        self.state = None
+        self.report = None
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def outer_sample(session, executor, *args, **kwargs):
+    """One sampling run: a fresh RunState, freed whatever happens."""
+    previous, session.state = session.state, RunState(session.make_policy(), session.options)
+    state = session.state
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        session.state = previous
+        state.finish()
+        if state.calls:
+            session.report = state.report()
+            session.report["title"] = session.title
+            log.info("%s", session.report["text"].splitlines()[0])
+
+
+def apply_model(session, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
+                **kwargs):
+    """One batch chunk: rows grouped by cond uuid; the adapters are attached for this call only."""
+    state = session.state
+    options = transformer_options if transformer_options is not None else {}
+    uuids = options.get("uuids")
+    if state is None or not uuids or x.shape[0] % len(uuids):
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+    base_model = executor.class_obj
+    timestep = float(base_model.model_sampling.timestep(t[:1]).float()[0])    # rows share one sigma
+    labels = [STREAM_LABELS.get(c, f"cond {c}") for c in options.get("cond_or_uncond", [])] or ["batch"] * len(uuids)
+    state.begin_call(uuids, labels, x.shape[0] // len(uuids), x, timestep)
+    handle = state.attach(base_model.diffusion_model)
+    try:
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+    finally:
+        handle.detach()
+        state.end_call()
+
+
+def install(model, session):
+    """A clone of `model` whose sampling runs go through `session`; replaces an earlier LazyDiT patch."""
+    describe(model.model.diffusion_model)      # raises a clear error for models without supported blocks
+    m = model.clone()
+    for kind in (WRAPPERS.OUTER_SAMPLE, WRAPPERS.APPLY_MODEL):
+        m.remove_wrappers_with_key(kind, KEY)
+    m.add_wrapper_with_key(WRAPPERS.OUTER_SAMPLE, KEY, functools.partial(outer_sample, session))
+    m.add_wrapper_with_key(WRAPPERS.APPLY_MODEL, KEY, functools.partial(apply_model, session))
+    m.set_attachments(KEY, session)
+    return m
+
+
+def session_of(model):
+    """The LazySession a MODEL was patched with, or None."""
+    return model.get_attachment(KEY) if hasattr(model, "get_attachment") else None

@@ -1,0 +1,159 @@
+"""LazyDiT nodes: load gates, set laziness, apply to a MODEL, and report what a run did."""
+
+import functools
+import logging
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ..lazy_core.adapters import describe
+from ..lazy_core.engine import CacheOptions
+from ..lazy_core.gates import GateBank
+from ..lazy_core.policies import LearnedGates, NeverLazy
+from .lazy_hook import LazySession, install, session_of
+from .lazy_report import render_heatmap
+
+log = logging.getLogger(__name__)
+
+GATES = io.Custom("LAZY_GATES")
+CATEGORY = "LazyDiT"
+TRAINED_POINT = 0.5           # the paper's threshold (Shen et al. 2025, §3.3), the gates' operating point
+CACHE_DTYPES = {"auto": None, "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+CACHE_DEVICES = ("auto", "cpu")
+
+
+def gate_files():
+    return folder_paths.get_filename_list("lazy_gates")
+
+
+class LoadLazyGates(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LazyDiT_LoadGates",
+            display_name="Load Lazy Gates",
+            category=CATEGORY,
+            description="Loads trained LazyDiT gates (.safetensors from models/lazy_gates). The gates decide, per "
+                        "image, block, module and step, whether attention or MLP may reuse its last output.",
+            inputs=[io.Combo.Input("gate_name", options=gate_files(), tooltip="Gate file in models/lazy_gates.")],
+            outputs=[GATES.Output(display_name="gates"),
+                     io.String.Output(display_name="info", tooltip="What the gates were trained for.")],
+        )
+
+    @classmethod
+    def execute(cls, gate_name):
+        path = folder_paths.get_full_path_or_raise("lazy_gates", gate_name)
+        bank = GateBank.load(path, name=gate_name)
+        patcher = comfy.model_patcher.ModelPatcher(bank, load_device=mm.get_torch_device(),
+                                                   offload_device=mm.unet_offload_device())
+        i = bank.info
+        table = ", ".join(f"{t:.2f}->{r:.0%}" for t, r in i.calibration) or "none"
+        info = (f"{gate_name}: {i.architecture}, depth {i.depth}, width {i.width}, {i.pooling} pooling, "
+                f"{len(i.timesteps)} timestep buckets; calibration (laziness->lazy ratio): {table}")
+        return io.NodeOutput(patcher, info)
+
+
+class Laziness(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LazyDiT_Laziness",
+            display_name="Laziness",
+            category=CATEGORY,
+            description="One laziness value to drive several Apply Lazy Gates nodes. 0 = exact (never lazy); "
+                        "0.5 = the gates' trained operating point; 1 = as lazy as the gates allow.",
+            inputs=[io.Float.Input("laziness", default=TRAINED_POINT, min=0.0, max=1.0, step=0.01,
+                                   display_mode=io.NumberDisplay.slider,
+                                   tooltip="0 = exact, 0.5 = trained operating point, 1 = maximum.")],
+            outputs=[io.Float.Output(display_name="laziness")],
+        )
+
+    @classmethod
+    def execute(cls, laziness):
+        return io.NodeOutput(laziness)
+
+
+class ApplyLazyGates(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LazyDiT_ApplyGates",
+            display_name="Apply Lazy Gates",
+            category=CATEGORY,
+            description="Makes a DiT or PixArt model lazy: at each step, each image's attention and MLP modules "
+                        "whose gate allows it reuse their output from the previous step instead of computing. "
+                        "Laziness 0 gives exactly the original model. Works with any sampler, scheduler and "
+                        "step count; the cache lives for one sampling run.",
+            inputs=[
+                io.Model.Input("model", tooltip="A DiT or PixArt model."),
+                GATES.Input("gates", tooltip="Gates trained for this model (Load Lazy Gates)."),
+                io.Float.Input("laziness", default=TRAINED_POINT, min=0.0, max=1.0, step=0.01,
+                               display_mode=io.NumberDisplay.slider,
+                               tooltip="0 = exact (never lazy); 0.5 = the gates' trained operating point; "
+                                       "1 = as lazy as the gates allow. Higher is faster and drifts more."),
+                io.Int.Input("max_lazy_steps", default=1, min=1, max=8,
+                             tooltip="Most consecutive steps a module may stay lazy. 1 is what the gates "
+                                     "were trained for; more is faster but untested by training."),
+                io.Combo.Input("cache_device", options=list(CACHE_DEVICES), default="auto",
+                               tooltip="Where reusable outputs are kept: with the model (auto) or in system "
+                                       "RAM (cpu; saves VRAM, costs transfers)."),
+                io.Combo.Input("cache_dtype", options=list(CACHE_DTYPES), default="auto",
+                               tooltip="Precision of kept outputs: auto = as computed; float16/bfloat16 halve "
+                                       "the memory of a float32 model."),
+            ],
+            outputs=[io.Model.Output(display_name="model"),
+                     io.String.Output(display_name="expected", tooltip="Expected lazy ratio from the gates' "
+                                                                       "calibration table.")],
+        )
+
+    @classmethod
+    def execute(cls, model, gates, laziness, max_lazy_steps, cache_device, cache_dtype):
+        bank = gates.model
+        arch, depth, width = describe(model.model.diffusion_model)
+        bank.check_fits(arch, depth, width, name="the loaded gates")
+        options = CacheOptions(max_lazy_steps=max_lazy_steps, dtype=CACHE_DTYPES[cache_dtype],
+                               device=None if cache_device == "auto" else torch.device(cache_device))
+        if laziness <= 0:
+            make_policy, expected = NeverLazy, "laziness 0: exact, nothing lazy"
+        else:
+            make_policy = functools.partial(LearnedGates, bank, laziness)
+            ratio = bank.expected_ratio(laziness)
+            expected = (f"laziness {laziness:.2f}: expect about {ratio:.0%} of modules lazy"
+                        if ratio is not None else f"laziness {laziness:.2f}: no calibration table in these gates")
+        patched = install(model, LazySession(make_policy, options, f"LazyDiT gates, laziness {laziness:.2f}"))
+        patched.set_additional_models("lazydit_gates", [gates])
+        return io.NodeOutput(patched, expected)
+
+
+class LazyReport(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LazyDiT_Report",
+            display_name="Lazy Report",
+            category=CATEGORY,
+            description="What the last sampling run of a lazy model did: lazy ratio per stream (positive / "
+                        "negative prompt), block, module and step, modules skipped and MACs saved, as a heat-map "
+                        "image (bright = lazy) and text. Connect the sampler's LATENT so it runs after sampling.",
+            inputs=[io.Model.Input("model", tooltip="The model from Apply Lazy Gates (or another LazyDiT node)."),
+                    io.Latent.Input("latent", tooltip="The sampler's output; only orders this node after it.")],
+            outputs=[io.Image.Output(display_name="heatmap"), io.String.Output(display_name="text")],
+        )
+
+    @classmethod
+    def execute(cls, model, latent):
+        session = session_of(model)
+        if session is None:
+            raise ValueError("Lazy Report needs a model patched by a LazyDiT node (Apply Lazy Gates, ...); "
+                             "this MODEL has no LazyDiT patch")
+        report = session.report
+        if report is None:
+            raise ValueError("the lazy model has not been sampled yet: connect the LATENT of the sampler that "
+                             "used this MODEL")
+        return io.NodeOutput(render_heatmap(report), report["text"])
+
+
+NODES = [LoadLazyGates, Laziness, ApplyLazyGates, LazyReport]

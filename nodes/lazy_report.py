@@ -1,0 +1,45 @@
+"""Renders a run report (lazy_core.report.summarize) as a heat-map IMAGE an artist can read."""
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+CELL = 12          # px per step x module cell
+MARGIN = 64        # left margin for block labels
+TITLE = 44         # px above each panel
+
+
+def _colour(ratio):
+    """0 (computed) -> dark blue-grey, 1 (lazy in every row) -> warm yellow."""
+    lo, hi = np.array([30, 34, 56], np.float32), np.array([250, 204, 21], np.float32)
+    return (lo + (hi - lo) * ratio[..., None]).astype(np.uint8)
+
+
+def render_heatmap(report):
+    """One panel per stream: rows = blocks x (attn, mlp), columns = steps. Returns (1, H, W, 3) float."""
+    font = ImageFont.load_default()
+    panels = []
+    for s in report["streams"]:
+        ratio = s["ratio_map"].numpy()                               # (depth, 2, steps)
+        depth, _, steps = ratio.shape
+        grid = ratio.reshape(depth * 2, steps)                       # block-major: b0 attn, b0 mlp, b1 attn ...
+        cell = max(4, min(CELL, 720 // max(steps, 1)))
+        h, w = depth * 2 * cell, steps * cell
+        img = Image.new("RGB", (MARGIN + max(w, 360) + 8, TITLE + h + 24), (245, 245, 245))
+        heat = np.kron(_colour(grid), np.ones((cell, cell, 1), np.uint8))
+        img.paste(Image.fromarray(heat), (MARGIN, TITLE))
+        d = ImageDraw.Draw(img)
+        d.text((8, 6), f"{s['label']}: {s['ratio']:.1%} lazy ({s['rows']} rows, {steps} steps)", fill=(0, 0, 0),
+               font=font)
+        d.text((8, 22), "rows: block (attn, mlp); columns: steps; bright = lazy", fill=(90, 90, 90), font=font)
+        for b in range(depth):
+            if depth <= 14 or b % 4 == 0:
+                d.text((8, TITLE + b * 2 * cell + max(0, cell - 6)), f"block {b}", fill=(0, 0, 0), font=font)
+        for step in range(0, steps, max(1, steps // 10)):
+            d.text((MARGIN + step * cell, TITLE + h + 6), str(step), fill=(0, 0, 0), font=font)
+        panels.append(np.asarray(img))
+    if not panels:
+        panels = [np.full((64, 360, 3), 245, np.uint8)]
+    width = max(p.shape[1] for p in panels)
+    panels = [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=245) for p in panels]
+    return torch.from_numpy(np.concatenate(panels, axis=0)).float().div(255).unsqueeze(0)

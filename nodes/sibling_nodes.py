@@ -1,0 +1,85 @@
+"""Training-free siblings on the same hook, cache and report: Δ-DiT and FORA."""
+
+import functools
+
+import torch
+from comfy_api.latest import io
+
+from ..lazy_core.adapters import describe
+from ..lazy_core.engine import CacheOptions
+from ..lazy_core.policies import DeltaDiT, Fora
+from .lazy_hook import LazySession, install
+from .lazy_nodes import CATEGORY
+
+
+def percent_to_timestep(model, percent):
+    """Diffusion timestep (0..999) at a fraction of the sampling schedule (0 = start, 1 = end)."""
+    ms = model.get_model_object("model_sampling")
+    sigma = ms.percent_to_sigma(percent)
+    if sigma <= 0:
+        return -1.0                       # boundary after the last step: the whole run is the early stage
+    return float(ms.timestep(torch.tensor([sigma])).float()[0])
+
+
+class DeltaDiTNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LazyDiT_DeltaDiT",
+            display_name="Δ-DiT Cache",
+            category=CATEGORY,
+            description="Training-free Δ-DiT: reuses the change (output minus input) of a range of blocks. Early "
+                        "in sampling (outline) the rear blocks are cached, later (details) the front blocks. "
+                        "Refresh rule: every stream computes fully on its first step, every `interval`-th step, "
+                        "and on the first step after the boundary (the cached range changes). Works on any DiT "
+                        "or PixArt model, no gates needed.",
+            inputs=[
+                io.Model.Input("model", tooltip="A DiT or PixArt model."),
+                io.Float.Input("cached_share", default=0.5, min=0.05, max=1.0, step=0.05,
+                               tooltip="Share of the blocks whose work is reused between refreshes."),
+                io.Float.Input("boundary_percent", default=0.5, min=0.0, max=1.0, step=0.01,
+                               display_mode=io.NumberDisplay.slider,
+                               tooltip="Point of the sampling schedule where caching moves from the rear "
+                                       "blocks (outline stage) to the front blocks (detail stage)."),
+                io.Int.Input("interval", default=2, min=1, max=10,
+                             tooltip="A full step every N steps; 1 = never reuse (exact)."),
+            ],
+            outputs=[io.Model.Output(display_name="model")],
+        )
+
+    @classmethod
+    def execute(cls, model, cached_share, boundary_percent, interval):
+        _, depth, _ = describe(model.model.diffusion_model)
+        blocks = max(1, min(depth, round(cached_share * depth)))
+        boundary = percent_to_timestep(model, boundary_percent)
+        make_policy = functools.partial(DeltaDiT, depth, blocks, boundary, interval)
+        title = f"Δ-DiT, {blocks}/{depth} blocks, boundary {boundary_percent:.0%}, interval {interval}"
+        return io.NodeOutput(install(model, LazySession(make_policy, CacheOptions(), title)))
+
+
+class ForaNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LazyDiT_FORA",
+            display_name="FORA Cache",
+            category=CATEGORY,
+            description="Training-free FORA: every block's attention and MLP compute on every N-th step and reuse "
+                        "their last output (with the current step's modulation) in between.",
+            inputs=[
+                io.Model.Input("model", tooltip="A DiT or PixArt model."),
+                io.Int.Input("interval", default=3, min=1, max=10,
+                             tooltip="Compute every N-th step (FORA's default is 3); 1 = exact."),
+            ],
+            outputs=[io.Model.Output(display_name="model")],
+        )
+
+    @classmethod
+    def execute(cls, model, interval):
+        describe(model.model.diffusion_model)
+        session = LazySession(functools.partial(Fora, interval), CacheOptions(max_lazy_steps=max(1, interval - 1)),
+                              f"FORA, interval {interval}")
+        return io.NodeOutput(install(model, session))
+
+
+NODES = [DeltaDiTNode, ForaNode]

@@ -1,0 +1,176 @@
+"""Speed benchmark (not a test): overhead of the lazy engine and wall speed-up at forced lazy ratios, on
+DiT-XL/2- and PixArt-Σ-shaped models with random weights (speed does not depend on the weights).
+
+Every variant runs the same sequence of model calls (CFG: cond + uncond rows in one batch); variants are
+interleaved per repeat and the median is taken, so all ratios are measured side by side in one run.
+ideal speed-up = 1 / (1 - r * f), r = measured lazy ratio, f = share of a step's MACs in attention + MLP.
+
+    .venv/bin/python scripts/bench_speed.py                       # CPU: DiT-XL/2 256 px + PixArt-Σ 512 px
+    .venv/bin/python scripts/bench_speed.py --device cuda --pixart-depth 28 --pixart-px 1024 --dit-px 256,512
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def comfy_path():
+    """ComfyUI's PixArt code (the runtime scripts/setup.sh installs), imported without starting ComfyUI."""
+    sys.path.insert(0, os.path.join(ROOT, ".comfyui", "ComfyUI"))
+    from comfy.cli_args import args
+    args.cpu = not torch.cuda.is_available()
+
+
+def timed(fn, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def run_calls(model, forward, policy, x, timesteps, RunState, plain=False):
+    """Runs one call per timestep; returns the lazy ratio measured by the engine (0 for plain)."""
+    if plain:
+        for t in timesteps:
+            forward(x, t)
+        return 0.0
+    state = RunState(policy)
+    half = x.shape[0] // 2
+    for t in timesteps:
+        state.begin_call(["cond", "uncond"], ["positive", "negative"], half, x, float(t))
+        handle = state.attach(model)
+        try:
+            forward(x, t)
+        finally:
+            handle.detach()
+            state.end_call()
+    state.finish()
+    return state.report()["ratio"]
+
+
+def dit_case(px, depth, device, dtype):
+    from lazydit.lazy_core.dit import DiT, DiTConfig
+    c = DiTConfig(input_size=px // 8, depth=depth)
+    with torch.device(device):
+        model = DiT(c).to(dtype).eval()
+    x = torch.randn(4, 4, px // 8, px // 8, device=device, dtype=dtype)      # 2 images x (cond, uncond)
+    y = torch.tensor([1, 2, 1000, 1000], device=device)
+
+    def forward(x_, t):
+        return model(x_, torch.full((x_.shape[0],), t, device=device), y)
+    tokens, d = c.tokens, c.hidden_size
+    # Per-row MACs outside the gated modules: patch embed, final layer, adaLN per block, t embedder.
+    other = tokens * 16 * d + tokens * d * 32 + depth * 6 * d * d + 2 * d * d + 256 * d + d * d
+    return f"DiT-XL/2 {px}px (depth {depth})", model, forward, x, tokens, other
+
+
+def pixart_case(px, depth, device, dtype):
+    import comfy.ops
+    from comfy.ldm.pixart.pixartms import PixArtMS
+    with torch.device(device):
+        model = PixArtMS(depth=depth, hidden_size=1152, num_heads=16, patch_size=2, in_channels=4,
+                         caption_channels=4096, model_max_length=300, micro_condition=False,
+                         operations=comfy.ops.disable_weight_init, dtype=dtype).eval()
+        for p in model.parameters():
+            p.data.normal_(0, 0.02)
+    side = px // 8
+    x = torch.randn(2, 4, side, side, device=device, dtype=dtype)             # 1 image x (cond, uncond)
+    ctx = torch.randn(2, 120, 4096, device=device, dtype=dtype)
+
+    def forward(x_, t):
+        return model(x_, torch.full((x_.shape[0],), float(t), device=device), ctx)
+    tokens = (side // 2) ** 2
+    d, L = 1152, 120
+    cross = tokens * 2 * d * d + L * 2 * d * d + 2 * tokens * L * d           # q, proj, kv, attention
+    # Cross-attention per block, caption projection, patch embed, final layer, adaLN-single, t embedder.
+    other = depth * cross + L * (4096 * d + d * d) + tokens * 16 * d + tokens * d * 32 + 6 * d * d + 256 * d + d * d
+    return f"PixArt-Σ {px}px (depth {depth})", model, forward, x, tokens, other
+
+
+def main(args):
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    comfy_path()
+    from lazydit.lazy_core.adapters import module_macs
+    from lazydit.lazy_core.adapters import register_adapter, PixArtBlockAdapter
+    from lazydit.lazy_core.engine import RunState
+    from lazydit.lazy_core.policies import ForcedRatio, NeverLazy, Policy
+    from comfy.ldm.pixart.pixartms import PixArtMSBlock
+    register_adapter(PixArtMSBlock, PixArtBlockAdapter)
+
+    class GateShaped(Policy):
+        """Decides every module like learned gates do (a pooled projection + host sync) but always computes,
+        and keeps the cache: the full per-module overhead of LearnedGates at a lazy ratio of 0."""
+
+        lazy_possible = True
+
+        def __init__(self, width, device):
+            self.w = torch.zeros(width, device=device)
+
+        def compute_mask(self, call, block, module, z):
+            return torch.sigmoid(z.float().mean(1) @ self.w) >= 0.5
+
+    cases = [dit_case(int(px), args.dit_depth, device, dtype) for px in args.dit_px.split(",") if px]
+    if args.pixart_px:
+        cases.append(pixart_case(args.pixart_px, args.pixart_depth, device, dtype))
+    print(f"device {device}, {args.dtype}, {args.threads} threads, {args.steps} calls per variant, "
+          f"median of {args.repeats} interleaved repeats")
+    header = f"{'model':28s} {'variant':26s} {'lazy r':>7s} {'s/call':>8s} {'speed-up':>9s} {'ideal':>7s} {'of ideal':>9s}"
+    print(header)
+    with torch.inference_mode():
+        for name, model, forward, x, tokens, other in cases:
+            macs = module_macs(model.blocks, tokens)
+            gated = sum(a + m for a, m in macs)
+            f = gated / (gated + other)
+            depth = len(model.blocks)
+            width = model.blocks[0].attn.proj.in_features
+            variants = {
+                "unpatched": (None, True),
+                "laziness 0 (never lazy)": (NeverLazy(), False),
+                "gates+cache, r=0": (GateShaped(width, device), False),
+                "forced r=0.25": (ForcedRatio(0.25, depth), False),
+                "forced r=0.50": (ForcedRatio(0.5, depth), False),
+            }
+            ts = [round(999 - i * 999 / max(args.steps - 1, 1)) for i in range(args.steps)]
+            forward(x, 999)                                            # warm-up
+            times = {k: [] for k in variants}
+            ratios = {}
+            for _ in range(args.repeats):
+                for k, (policy, plain) in variants.items():
+                    times[k].append(timed(lambda: ratios.__setitem__(k, run_calls(
+                        model, forward, policy, x, ts, RunState, plain)), device) / args.steps)
+            base = statistics.median(times["unpatched"])
+            for k in variants:
+                t = statistics.median(times[k])
+                r = ratios[k]
+                speed = base / t
+                ideal = 1 / (1 - r * f)
+                print(f"{name:28s} {k:26s} {r:7.3f} {t:8.3f} {speed:9.3f} {ideal:7.3f} {speed / ideal:9.1%}")
+            print(f"{name:28s} f = {f:.3f} (attention + MLP share of step MACs)")
+            del model
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--dit-px", default="256", help="comma-separated DiT-XL/2 resolutions")
+    p.add_argument("--dit-depth", type=int, default=28)
+    p.add_argument("--pixart-px", type=int, default=512)
+    p.add_argument("--pixart-depth", type=int, default=8)
+    main(p.parse_args())

@@ -1,0 +1,243 @@
+"""LazyDiT inside the real ComfyUI: the hook, the cache's run lifecycle and the sampler matrix, on a small
+random-weight PixArt-Σ (ComfyUI's own model code) and a small DiT (the pack's loader)."""
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.usefixtures("comfy")
+
+SIDE = 48                   # latent side: PixArt's pos-embed needs >= 48 (384 px)
+PIXART = {"image_model": "pixart_sigma", "depth": 3, "hidden_size": 64, "num_heads": 4, "patch_size": 2,
+          "in_channels": 4, "caption_channels": 32, "model_max_length": 120, "micro_condition": False}
+
+
+@pytest.fixture(scope="module")
+def pixart():
+    """A narrow PixArt-Σ built by ComfyUI's supported_models, random weights, in a ModelPatcher."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    mc = comfy.supported_models.PixArtSigma(dict(PIXART))
+    mc.set_inference_dtype(torch.float32, None)
+    model = mc.get_model({}, device=torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.diffusion_model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.02 if "final_layer" in name else 0.1))
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def gates_for(arch, depth, width, buckets=20, seed=1, scale=4.0):
+    """Random gates (score ~ half lazy at 0.5) wrapped the way Load Lazy Gates wraps them."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    from lazydit.lazy_core.gates import GateBank, GateInfo
+
+    g = torch.Generator().manual_seed(seed)
+    timesteps = [round(i * 999 / (buckets - 1)) for i in range(buckets)]
+    bank = GateBank(GateInfo(arch, depth, width, timesteps), scale * torch.randn(depth, 2, buckets, width, generator=g))
+    return comfy.model_patcher.ModelPatcher(bank, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def apply(model, gates, laziness=0.5, max_lazy_steps=1):
+    from lazydit.nodes.lazy_nodes import ApplyLazyGates
+
+    return ApplyLazyGates.execute(model, gates, laziness, max_lazy_steps, "auto", "auto").args[0]
+
+
+def prompt(tokens, seed, rows=1):
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(rows, tokens, PIXART["caption_channels"], generator=g), {}]]
+
+
+def sample(model, positive, negative, steps=8, cfg=4.0, sampler="euler", scheduler="normal", rows=1, side=SIDE,
+           seed=0, **kw):
+    import nodes as comfy_nodes
+
+    latent = {"samples": torch.zeros(rows, 4, side, side)}
+    if kw:
+        (out,) = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler, scheduler, positive, negative, latent,
+                                             **kw)
+    else:
+        (out,) = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler, scheduler, positive, negative, latent)
+    return out["samples"]
+
+
+def report(model):
+    from lazydit.nodes.lazy_hook import session_of
+
+    return session_of(model).report
+
+
+POS, NEG = prompt(6, 1), prompt(6, 2)          # equal token counts: one batched call per step
+
+
+@pytest.mark.parametrize("negative_tokens", [6, 3], ids=["batched", "split"])
+def test_laziness_zero_is_bit_identical(pixart, negative_tokens):
+    """Laziness 0 reproduces the unpatched model exactly, with cond/uncond batched or in separate calls."""
+    neg = prompt(negative_tokens, 2)
+    ref = sample(pixart, POS, neg)
+    out = sample(apply(pixart, gates_for("pixart", 3, 64), laziness=0.0), POS, neg)
+    assert torch.equal(out, ref), f"max diff {(out - ref).abs().max()}"
+
+
+def test_gates_at_zero_threshold_compute_everything_exactly(pixart):
+    """Gates that always vote compute leave the output bit-identical (adapters reproduce the block)."""
+    gates = gates_for("pixart", 3, 64, scale=0.0)     # score 0.5 everywhere
+    ref = sample(pixart, POS, NEG)
+    patched = apply(pixart, gates, laziness=0.5)      # 0.5 >= 0.5: compute
+    assert torch.equal(sample(patched, POS, NEG), ref)
+    assert report(patched)["ratio"] == 0.0
+
+
+@pytest.mark.parametrize("negative_tokens", [6, 3], ids=["batched", "split"])
+def test_lazy_run_reports_each_stream(pixart, negative_tokens):
+    """At laziness 0.5 random gates make modules lazy in both streams; output stays finite and moves."""
+    neg = prompt(negative_tokens, 2)
+    ref = sample(pixart, POS, neg)
+    patched = apply(pixart, gates_for("pixart", 3, 64))
+    out = sample(patched, POS, neg)
+    r = report(patched)
+    assert torch.isfinite(out).all() and not torch.equal(out, ref)
+    assert sorted(s["label"] for s in r["streams"]) == ["negative", "positive"]
+    assert all(len(s["timesteps"]) == 8 for s in r["streams"]), "one evaluation per step and stream"
+    assert 0.05 < r["ratio"] <= 0.5, r["text"]
+    for s in r["streams"]:
+        assert s["lazy"][0].sum() == 0, "the first evaluation of every row computes"
+
+
+def test_rows_are_independent(pixart):
+    """A row's output does not change when another row's prompt does."""
+    patched = apply(pixart, gates_for("pixart", 3, 64))
+    a = prompt(6, 1, rows=2)
+    b = [[a[0][0].clone(), {}]]
+    b[0][0][1] = torch.randn(6, PIXART["caption_channels"], generator=torch.Generator().manual_seed(9))
+    neg = prompt(6, 2, rows=2)
+    out_a = sample(patched, a, neg, rows=2)
+    ratio_a = report(patched)["ratio"]
+    out_b = sample(patched, b, neg, rows=2)
+    assert 0 < ratio_a
+    torch.testing.assert_close(out_a[0], out_b[0], atol=1e-5, rtol=0)
+    assert not torch.allclose(out_a[1], out_b[1], atol=1e-3)
+
+
+def test_cache_freed_after_run_and_after_interrupt(pixart):
+    """The run state is dropped after a run, and after a run that fails mid-way; the blocks are restored."""
+    import comfy.sample
+    import comfy.samplers
+
+    from lazydit.nodes.lazy_hook import session_of
+
+    patched = apply(pixart, gates_for("pixart", 3, 64))
+    blocks = pixart.model.diffusion_model.blocks
+    sample(patched, POS, NEG)
+    assert session_of(patched).state is None
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(step, *args):
+        if step == 3:
+            raise Stop
+
+    noise = torch.randn(1, 4, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(Stop):
+        comfy.sample.sample(patched, noise, 8, 4.0, "euler", "normal", POS, NEG, torch.zeros_like(noise),
+                            callback=stop_at_3, disable_pbar=True, seed=0)
+    assert session_of(patched).state is None
+    assert pixart.model.diffusion_model.blocks is blocks
+    assert len(report(patched)["streams"][0]["timesteps"]) == 4, "the report covers the interrupted run"
+
+
+def test_split_sampler_runs_are_separate(pixart):
+    """KSamplerAdvanced 0-4 then 4-8 are two runs: the second starts from an empty cache."""
+    import nodes as comfy_nodes
+
+    patched = apply(pixart, gates_for("pixart", 3, 64))
+    adv = comfy_nodes.KSamplerAdvanced()
+    latent = {"samples": torch.zeros(1, 4, SIDE, SIDE)}
+    (half,) = adv.sample(patched, "enable", 0, 8, 4.0, "euler", "normal", POS, NEG, latent, 0, 4, "enable")
+    first = report(patched)
+    (full,) = adv.sample(patched, "disable", 0, 8, 4.0, "euler", "normal", POS, NEG, half, 4, 8, "disable")
+    second = report(patched)
+    assert first is not second
+    assert [len(s["timesteps"]) for s in second["streams"]] == [4, 4]
+    assert all(s["lazy"][0].sum() == 0 for s in second["streams"]), "no cache crosses runs"
+    assert torch.isfinite(full["samples"]).all()
+
+
+def test_batch_and_resolution_changes_between_runs(pixart):
+    """The same patched model samples at another batch size and resolution without stale state."""
+    patched = apply(pixart, gates_for("pixart", 3, 64))
+    sample(patched, POS, NEG)
+    out = sample(patched, prompt(6, 1, rows=2), prompt(6, 2, rows=2), rows=2, side=56)
+    assert out.shape == (2, 4, 56, 56) and torch.isfinite(out).all()
+    assert {s["rows"] for s in report(patched)["streams"]} == {2}
+
+
+def test_cfg_one_runs_only_the_positive_stream(pixart):
+    """With cfg = 1 ComfyUI skips the negative prompt; only one stream is cached and reported."""
+    patched = apply(pixart, gates_for("pixart", 3, 64))
+    out = sample(patched, POS, NEG, cfg=1.0)
+    assert torch.isfinite(out).all()
+    assert [s["label"] for s in report(patched)["streams"]] == ["positive"]
+
+
+@pytest.mark.parametrize("sampler", ["heun", "dpmpp_2m", "ddim"])
+def test_sampler_matrix(pixart, sampler):
+    """Multi-evaluation and multistep samplers run; heun evaluates twice per step (each one a cache step)."""
+    patched = apply(pixart, gates_for("pixart", 3, 64))
+    scheduler = "ddim_uniform" if sampler == "ddim" else "normal"
+    out = sample(patched, POS, NEG, steps=6, sampler=sampler, scheduler=scheduler)
+    assert torch.isfinite(out).all()
+    import comfy.samplers
+
+    steps = len(comfy.samplers.calculate_sigmas(pixart.get_model_object("model_sampling"), scheduler, 6)) - 1
+    evaluations = len(report(patched)["streams"][0]["timesteps"])
+    assert evaluations == (2 * steps - 1 if sampler == "heun" else steps)    # heun's last step is euler
+
+
+def test_clone_shares_gate_weights(pixart):
+    """clone() of a patched model shares the gate module (no copy) and keeps tensors out of model_options."""
+    gates = gates_for("pixart", 3, 64)
+    patched = apply(pixart, gates)
+    clone = patched.clone()
+    assert clone.additional_models["lazydit_gates"][0].model is gates.model
+    found = []
+
+    def walk(x):
+        if isinstance(x, torch.Tensor):
+            found.append(x)
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+    walk(clone.model_options)
+    assert not found, "model_options must stay tensor-free (ModelPatcher.clone deep-copies it)"
+
+
+def test_removing_the_node_leaves_no_trace(pixart):
+    """After sampling a patched clone, the original MODEL samples exactly as before and carries no hook."""
+    from lazydit.nodes.lazy_hook import KEY
+
+    ref = sample(pixart, POS, NEG)
+    sample(apply(pixart, gates_for("pixart", 3, 64)), POS, NEG)
+    assert torch.equal(sample(pixart, POS, NEG), ref)
+    assert all(KEY not in w for w in pixart.wrappers.values())
+    assert pixart.get_attachment(KEY) is None
+
+
+def test_mismatched_gates_are_refused(pixart):
+    """Gates for another depth/width raise an error naming both shapes and the fix."""
+    from lazydit.lazy_core.gates import GateFileError
+
+    with pytest.raises(GateFileError, match="depth 28 / width 1152.*depth 3 / width 64.*train new ones"):
+        apply(pixart, gates_for("pixart", 28, 1152, buckets=2))
+    with pytest.raises(GateFileError, match="fit dit"):
+        apply(pixart, gates_for("dit", 3, 64))
