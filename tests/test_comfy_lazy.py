@@ -241,3 +241,71 @@ def test_mismatched_gates_are_refused(pixart):
         apply(pixart, gates_for("pixart", 28, 1152, buckets=2))
     with pytest.raises(GateFileError, match="fit dit"):
         apply(pixart, gates_for("dit", 3, 64))
+
+
+def apply_delta(model, share=0.67, boundary=0.5, interval=2):
+    from lazydit.nodes.sibling_nodes import DeltaDiTNode
+
+    return DeltaDiTNode.execute(model, share, boundary, interval).args[0]
+
+
+def apply_fora(model, interval=3):
+    from lazydit.nodes.sibling_nodes import ForaNode
+
+    return ForaNode.execute(model, interval).args[0]
+
+
+SIBLINGS = {"delta-dit": apply_delta, "fora": apply_fora}
+
+
+@pytest.mark.parametrize("name", SIBLINGS)
+def test_siblings_exact_when_disabled(pixart, name):
+    """Δ-DiT and FORA with interval 1 (refresh every step) are bit-identical to the unpatched model."""
+    ref = sample(pixart, POS, NEG)
+    out = sample(SIBLINGS[name](pixart, interval=1), POS, NEG)
+    assert torch.equal(out, ref)
+
+
+def test_fora_skip_pattern(pixart):
+    """FORA interval 3: steps 0, 3, 6 compute every module; the others are lazy in every row and stream."""
+    patched = apply_fora(pixart, 3)
+    sample(patched, POS, prompt(3, 2))                      # split streams
+    for s in report(patched)["streams"]:
+        per_step = (s["lazy"].sum(dim=(1, 2)) / (s["rows"] * 3 * 2)).tolist()
+        assert per_step == [0.0 if i % 3 == 0 else 1.0 for i in range(8)], per_step
+
+
+def test_delta_dit_skip_pattern(pixart):
+    """Δ-DiT, 2 of 3 blocks, boundary 50 %, interval 2: rear blocks lazy on odd steps of the first half,
+    front blocks on odd steps of the second half, and the first step after the boundary computes."""
+    patched = apply_delta(pixart, share=0.67, boundary=0.5, interval=2)
+    sample(patched, POS, NEG)
+    s = report(patched)["streams"][0]
+    lazy_blocks = [[b for b in range(3) if s["lazy"][i, b, 0] > 0] for i in range(8)]
+    # euler/normal, 8 steps: the boundary falls between evaluations 3 and 4.
+    assert lazy_blocks == [[], [1, 2], [], [1, 2], [], [0, 1], [], [0, 1]], lazy_blocks
+    assert torch.equal(s["lazy"][:, :, 0], s["lazy"][:, :, 1])
+
+
+@pytest.mark.parametrize("name", SIBLINGS)
+def test_siblings_isolate_prompts_and_runs(pixart, name):
+    """Rows stay independent and every run starts from an empty cache."""
+    patched = SIBLINGS[name](pixart)
+    a = prompt(6, 1, rows=2)
+    b = [[a[0][0].clone(), {}]]
+    b[0][0][1] = torch.randn(6, PIXART["caption_channels"], generator=torch.Generator().manual_seed(9))
+    neg = prompt(6, 2, rows=2)
+    out_a = sample(patched, a, neg, rows=2)
+    out_b = sample(patched, b, neg, rows=2)
+    torch.testing.assert_close(out_a[0], out_b[0], atol=1e-5, rtol=0)
+    assert all(s["lazy"][0].sum() == 0 for s in report(patched)["streams"])
+    again = sample(patched, a, neg, rows=2)
+    assert torch.equal(again, out_a), "same inputs, same run: same image"
+
+
+@pytest.mark.parametrize("name", SIBLINGS)
+@pytest.mark.parametrize("sampler", ["heun", "dpmpp_2m"])
+def test_siblings_sampler_matrix(pixart, name, sampler):
+    """Δ-DiT and FORA run under multi-evaluation and multistep samplers with a finite result."""
+    out = sample(SIBLINGS[name](pixart), POS, NEG, steps=6, sampler=sampler)
+    assert torch.isfinite(out).all()
