@@ -258,6 +258,14 @@ def main(args):
         real = fashion_latents("train")
     gates = train(model, args, real, rank, world)
     if rank == 0:
+        if args.calibrate:
+            from .calibrate import calibrate
+            counts = sorted({int(n) for n in args.calibrate.split(",")})
+            gates.info.calibration, per_steps = calibrate(model, gates, step_counts=counts)
+            gates.info.recipe["calibration_per_steps"] = per_steps
+            for n, table in per_steps.items():
+                trained = "trained" if str(n) in args.step_counts.split(",") else "not trained"
+                log.info("%d steps (%s): %s", n, trained, ", ".join(f"{t:.2f}->{r:.1%}" for t, r in table))
         gates.save(args.out)
         log.info("wrote %s", args.out)
     if world > 1:
@@ -281,6 +289,8 @@ def parser():
                    help="share of rows trained with the null label (inference runs cond and uncond equally)")
     p.add_argument("--cfg-scale", type=float, default=4.0, help="guidance of the self-distillation trajectories")
     p.add_argument("--pool", type=int, default=256, help="trajectories per step count (source self)")
+    p.add_argument("--calibrate", default="10,15,20,25,30,40,50",
+                   help="step counts to measure the threshold -> lazy ratio table at ('' = skip)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-every", type=int, default=50)

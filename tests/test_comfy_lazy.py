@@ -309,3 +309,21 @@ def test_siblings_sampler_matrix(pixart, name, sampler):
     """Δ-DiT and FORA run under multi-evaluation and multistep samplers with a finite result."""
     out = sample(SIBLINGS[name](pixart), POS, NEG, steps=6, sampler=sampler)
     assert torch.isfinite(out).all()
+
+
+def test_report_node_heatmap_and_text(pixart, tmp_path):
+    """The report node returns a heat-map IMAGE with a panel per stream and a text summary of the run."""
+    from lazydit.nodes.lazy_nodes import LazyReport
+
+    patched = apply(pixart, gates_for("pixart", 3, 64))
+    out = sample(patched, POS, NEG)
+    image, text = LazyReport.execute(patched, {"samples": out}).args
+    assert image.ndim == 4 and image.shape[0] == 1 and image.shape[-1] == 3
+    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+    assert "positive" in text and "negative" in text and "lazy" in text
+    r = report(patched)
+    assert f"{r['ratio']:.1%}" in text
+    from PIL import Image
+    Image.fromarray((image[0].numpy() * 255).astype("uint8")).save(tmp_path / "heatmap.png")
+    with pytest.raises(ValueError, match="no LazyDiT patch"):
+        LazyReport.execute(pixart, {"samples": out})

@@ -86,7 +86,7 @@ def model_file(tmp_path):
 
 def run_cli(launcher, model_file, out):
     cmd = [*launcher, "-m", "lazydit.lazy_core.train_gates", "--model", str(model_file), "--out", str(out),
-           "--iters", "20", "--batch", "8", "--pool", "16", "--step-counts", "10", "--buckets", "5", "--threads", "1"]
+           "--iters", "20", "--batch", "8", "--pool", "16", "--step-counts", "10", "--buckets", "5", "--threads", "1", "--calibrate", ""]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=str(out.parent))
     assert done.returncode == 0, done.stderr[-3000:]
