@@ -73,11 +73,13 @@ class GaussianDiffusion:
 
     def q_sample(self, x_start, t, noise):
         n = x_start.ndim
-        return _gather(self.sqrt_alphas_cumprod, t, n) * x_start + _gather(self.sqrt_one_minus_alphas_cumprod, t, n) * noise
+        a, b = _gather(self.sqrt_alphas_cumprod, t, n), _gather(self.sqrt_one_minus_alphas_cumprod, t, n)
+        return a * x_start + b * noise
 
     def predict_xstart(self, x_t, t, eps):
         n = x_t.ndim
-        return _gather(self.sqrt_recip_alphas_cumprod, t, n) * x_t - _gather(self.sqrt_recipm1_alphas_cumprod, t, n) * eps
+        a, b = _gather(self.sqrt_recip_alphas_cumprod, t, n), _gather(self.sqrt_recipm1_alphas_cumprod, t, n)
+        return a * x_t - b * eps
 
     def q_posterior(self, x_start, x_t, t):
         n = x_t.ndim

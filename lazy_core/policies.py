@@ -5,7 +5,6 @@ the model or the cache; the engine adds the rules every policy shares (a row's f
 at most `max_lazy_steps` lazy steps in a row) and does the caching.
 """
 
-import torch
 
 from .gates import GateBank
 

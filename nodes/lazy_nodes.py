@@ -2,6 +2,7 @@
 
 import functools
 import logging
+import os
 
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -25,8 +26,13 @@ CACHE_DTYPES = {"auto": None, "float16": torch.float16, "bfloat16": torch.bfloat
 CACHE_DEVICES = ("auto", "cpu")
 
 
+WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
+DEMO_GATES = "dit_demo_fashion_gates.safetensors"
+BUILT_IN = {f"{DEMO_GATES} (built in)": os.path.join(WEIGHTS, DEMO_GATES)}
+
+
 def gate_files():
-    return folder_paths.get_filename_list("lazy_gates")
+    return [*BUILT_IN, *folder_paths.get_filename_list("lazy_gates")]
 
 
 class LoadLazyGates(io.ComfyNode):
@@ -45,7 +51,7 @@ class LoadLazyGates(io.ComfyNode):
 
     @classmethod
     def execute(cls, gate_name):
-        path = folder_paths.get_full_path_or_raise("lazy_gates", gate_name)
+        path = BUILT_IN.get(gate_name) or folder_paths.get_full_path_or_raise("lazy_gates", gate_name)
         bank = GateBank.load(path, name=gate_name)
         patcher = comfy.model_patcher.ModelPatcher(bank, load_device=mm.get_torch_device(),
                                                    offload_device=mm.unet_offload_device())

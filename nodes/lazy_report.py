@@ -29,7 +29,8 @@ def render_heatmap(report):
         heat = np.kron(_colour(grid), np.ones((cell, cell, 1), np.uint8))
         img.paste(Image.fromarray(heat), (MARGIN, TITLE))
         d = ImageDraw.Draw(img)
-        d.text((8, 6), f"{s['label']}: {s['ratio']:.1%} lazy ({s['rows']} row{'s' * (s['rows'] != 1)}, {steps} steps)", fill=(0, 0, 0),
+        rows = f"{s['rows']} row{'s' * (s['rows'] != 1)}"
+        d.text((8, 6), f"{s['label']}: {s['ratio']:.1%} lazy ({rows}, {steps} steps)", fill=(0, 0, 0),
                font=font)
         d.text((8, 22), "rows: block (attn, mlp); columns: steps; bright = lazy", fill=(90, 90, 90), font=font)
         for b in range(depth):

@@ -103,11 +103,10 @@ def main(args):
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     comfy_path()
-    from lazydit.lazy_core.adapters import module_macs
-    from lazydit.lazy_core.adapters import register_adapter, PixArtBlockAdapter
+    from comfy.ldm.pixart.pixartms import PixArtMSBlock
+    from lazydit.lazy_core.adapters import PixArtBlockAdapter, module_macs, register_adapter
     from lazydit.lazy_core.engine import RunState
     from lazydit.lazy_core.policies import ForcedRatio, NeverLazy, Policy
-    from comfy.ldm.pixart.pixartms import PixArtMSBlock
     register_adapter(PixArtMSBlock, PixArtBlockAdapter)
 
     class GateShaped(Policy):
@@ -127,7 +126,8 @@ def main(args):
         cases.append(pixart_case(args.pixart_px, args.pixart_depth, device, dtype))
     print(f"device {device}, {args.dtype}, {args.threads} threads, {args.steps} calls per variant, "
           f"median of {args.repeats} interleaved repeats")
-    header = f"{'model':28s} {'variant':26s} {'lazy r':>7s} {'s/call':>8s} {'speed-up':>9s} {'ideal':>7s} {'of ideal':>9s}"
+    header = (f"{'model':28s} {'variant':26s} {'lazy r':>7s} {'s/call':>8s} {'speed-up':>9s} {'ideal':>7s} "
+              f"{'of ideal':>9s}")
     print(header)
     with torch.inference_mode():
         for name, model, forward, x, tokens, other in cases:
@@ -159,7 +159,6 @@ def main(args):
                 ideal = 1 / (1 - r * f)
                 print(f"{name:28s} {k:26s} {r:7.3f} {t:8.3f} {speed:9.3f} {ideal:7.3f} {speed / ideal:9.1%}")
             print(f"{name:28s} f = {f:.3f} (attention + MLP share of step MACs)")
-            del model
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ def gates_for(arch, depth, width, buckets=20, seed=1, scale=4.0):
     """Random gates (score ~ half lazy at 0.5) wrapped the way Load Lazy Gates wraps them."""
     import comfy.model_management as mm
     import comfy.model_patcher
-
     from lazydit.lazy_core.gates import GateBank, GateInfo
 
     g = torch.Generator().manual_seed(seed)
@@ -129,7 +128,6 @@ def test_cache_freed_after_run_and_after_interrupt(pixart):
     """The run state is dropped after a run, and after a run that fails mid-way; the blocks are restored."""
     import comfy.sample
     import comfy.samplers
-
     from lazydit.nodes.lazy_hook import session_of
 
     patched = apply(pixart, gates_for("pixart", 3, 64))

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from lazydit.lazy_core.adapters import BlockAdapter, attach
 from lazydit.lazy_core.diffusion import GaussianDiffusion, space_timesteps
 from lazydit.lazy_core.dit import DiT, DiTConfig

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from lazydit.lazy_core import pixel_latent
 from lazydit.lazy_core.metrics import frechet_distance, gaussian_stats, psnr, ssim
 

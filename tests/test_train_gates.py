@@ -7,12 +7,11 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from lazydit.lazy_core import train_gates as tg
 from lazydit.lazy_core.calibrate import calibrate
 from lazydit.lazy_core.dit import DiT, DiTConfig
 from lazydit.lazy_core.gates import GateBank
+from safetensors.torch import save_file
 
 CONFIG = DiTConfig(input_size=8, depth=3, hidden_size=32, num_heads=2, num_classes=10)
 
@@ -86,7 +85,8 @@ def model_file(tmp_path):
 
 def run_cli(launcher, model_file, out):
     cmd = [*launcher, "-m", "lazydit.lazy_core.train_gates", "--model", str(model_file), "--out", str(out),
-           "--iters", "20", "--batch", "8", "--pool", "16", "--step-counts", "10", "--buckets", "5", "--threads", "1", "--calibrate", ""]
+           "--iters", "20", "--batch", "8", "--pool", "16", "--step-counts", "10", "--buckets", "5", "--threads", "1",
+           "--calibrate", ""]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=str(out.parent))
     assert done.returncode == 0, done.stderr[-3000:]

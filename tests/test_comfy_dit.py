@@ -1,0 +1,178 @@
+"""DiT inside the real ComfyUI: the loader (official .pt and .safetensors), class labels, core sampling
+nodes, equality with lazy_core, bad files, and the full-size DiT-XL/2 shape."""
+
+import os
+import pickle
+
+import pytest
+import torch
+from lazydit.lazy_core.dit import DiT, DiTConfig
+from safetensors.torch import save_file
+
+SMALL = DiTConfig(input_size=16, depth=2, hidden_size=128, num_heads=2, num_classes=1000)   # heads = width / 64
+
+
+def random_dit(config, seed=0):
+    torch.manual_seed(seed)
+    model = DiT(config)
+    model.initialize_weights(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.02 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def small_ckpt(comfy):
+    """A random DiT in the official key layout, as a plain .pt state dict and as .safetensors."""
+    model = random_dit(SMALL)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    torch.save(sd, os.path.join(comfy.base, "models", "checkpoints", "dit_small.pt"))
+    save_file(sd, os.path.join(comfy.base, "models", "diffusion_models", "dit_small.safetensors"))
+    return model
+
+
+def load(comfy, name, latent="auto"):
+    from lazydit.nodes.loaders import LoadDiT
+    return LoadDiT.execute(name, latent).args[0]
+
+
+def workflow(ckpt, label="207", steps=3, cfg=4.0, size=128, batch=1, save="SaveLatent"):
+    out = {"filename_prefix": "t"}
+    out["samples" if save == "SaveLatent" else "images"] = ["5", 0] if save == "SaveLatent" else ["7", 0]
+    wf = {
+        "1": {"class_type": "LazyDiT_DiTLoader", "inputs": {"ckpt_name": ckpt, "latent": "auto"}},
+        "2": {"class_type": "LazyDiT_ClassLabel", "inputs": {"model": ["1", 0], "labels": label}},
+        "3": {"class_type": "LazyDiT_NullLabel", "inputs": {"model": ["1", 0]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": batch}},
+        "5": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0],
+                                                   "latent_image": ["4", 0], "seed": 3, "steps": steps, "cfg": cfg,
+                                                   "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "8": {"class_type": save, "inputs": out},
+    }
+    if save != "SaveLatent":
+        wf["6"] = {"class_type": "LazyDiT_DemoVAELoader", "inputs": {}}
+        wf["7"] = {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["6", 0]}}
+    return wf
+
+
+@pytest.mark.parametrize("name", ["dit_small.pt", "dit_small.safetensors"])
+def test_checkpoint_samples_through_core_nodes(comfy, small_ckpt, clean_output, name):
+    """An official-layout DiT runs Loader -> labels -> EmptyLatentImage -> KSampler (CFG) -> SaveLatent."""
+    outputs = comfy.run(workflow(name))
+    files = outputs["8"]["latents"]
+    assert files and os.path.exists(os.path.join(clean_output, files[0]["filename"]))
+
+
+def test_comfy_matches_lazy_core(comfy, small_ckpt):
+    """ComfyUI's apply_model gives lazy_core's eps for the same weights, input, timestep and label."""
+    patcher = load(comfy, "dit_small.safetensors")
+    base = patcher.model
+    x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    sigma = torch.full((2,), 3.0)
+    y = torch.tensor([3, 999])
+    out = base.apply_model(x, sigma, c_crossattn=torch.zeros(2, 1, 1), y=y)      # denoised
+    t = base.model_sampling.timestep(sigma).float()
+    xc = base.model_sampling.calculate_input(sigma, x)
+    eps = DiT.forward(small_ckpt, xc, t, y)[:, :4]
+    torch.testing.assert_close(out, x - eps * 3.0, atol=1e-6, rtol=1e-6)
+
+
+def test_label_stays_an_integer_under_bf16(comfy, small_ckpt):
+    """The class label reaches the model as a long tensor, so 999 stays 999 whatever the model dtype."""
+    import comfy.model_base  # noqa: F401
+
+    patcher = load(comfy, "dit_small.safetensors")
+    seen = {}
+    dm = patcher.model.diffusion_model
+    dm.to(torch.bfloat16)
+    dm.dtype = torch.bfloat16                    # what ComfyUI reads as the model dtype
+
+    def record(module, args):
+        seen["y"] = args[0].clone()
+    hook = dm.y_embedder.register_forward_pre_hook(record)
+    try:
+        x = torch.randn(1, 4, 16, 16)
+        conds = patcher.model.extra_conds(class_label=torch.tensor([999]), cross_attn=torch.zeros(1, 1, 1),
+                                          noise=x)
+        y = conds["y"].process_cond(batch_size=1).cond
+        out = patcher.model.apply_model(x, torch.full((1,), 2.0), c_crossattn=torch.zeros(1, 1, 1), y=y)
+    finally:
+        hook.remove()
+    assert torch.isfinite(out).all()
+    assert seen["y"].dtype == torch.long and seen["y"].tolist() == [999]
+
+
+def test_demo_model_draws_through_the_demo_vae(comfy, clean_output):
+    """The built-in demo model samples a 10-class batch at 128 px and core VAEDecode/SaveImage write PNGs."""
+    from PIL import Image
+
+    outputs = comfy.run(workflow("dit_demo_fashion.safetensors (built in)", label="0-9", steps=4, batch=10,
+                                 save="SaveImage"))
+    images = outputs["8"]["images"]
+    assert len(images) == 10
+    img = Image.open(os.path.join(clean_output, images[0]["filename"]))
+    assert img.size == (128, 128)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ.get('LAZYDIT_MARKER', '/tmp/lazydit_pwned')}",))
+
+
+def test_bad_files_give_clear_errors(comfy, small_ckpt, tmp_path, monkeypatch):
+    """Truncated, foreign, code-carrying and unknown files are refused with errors naming file and problem."""
+    from lazydit.lazy_core.dit import CheckpointError
+
+    ckpts = os.path.join(comfy.base, "models", "checkpoints")
+    data = open(os.path.join(ckpts, "dit_small.pt"), "rb").read()
+    open(os.path.join(ckpts, "cut.pt"), "wb").write(data[: len(data) // 3])
+    with pytest.raises(CheckpointError, match="cut.pt cannot be read.*truncated or corrupt"):
+        load(comfy, "cut.pt")
+    save_file({"model.weight": torch.zeros(2)}, os.path.join(ckpts, "other.safetensors"))
+    with pytest.raises(CheckpointError, match="other.safetensors.*not a DiT checkpoint"):
+        load(comfy, "other.safetensors")
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("LAZYDIT_MARKER", str(marker))
+    with open(os.path.join(ckpts, "evil.pt"), "wb") as f:
+        pickle.dump({"x": _Evil()}, f)
+    with pytest.raises(CheckpointError, match="evil.pt was refused.*never executed"):
+        load(comfy, "evil.pt")
+    assert not marker.exists(), "the pickle's code ran"
+    sd = {k: v for k, v in small_ckpt.state_dict().items()}
+    sd["x_embedder.proj.weight"] = torch.zeros(128, 4, 3, 2)        # a non-square patch: no DiT config fits
+    save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(ckpts, "odd.safetensors"))
+    with pytest.raises(CheckpointError, match="odd.safetensors"):
+        load(comfy, "odd.safetensors")
+
+
+def test_server_keeps_running_after_a_bad_file(comfy, small_ckpt, clean_output):
+    """A workflow with a corrupt checkpoint fails with the file named; the next workflow still runs."""
+    ckpts = os.path.join(comfy.base, "models", "checkpoints")
+    open(os.path.join(ckpts, "broken.safetensors"), "wb").write(b"not a safetensors file at all")
+    with pytest.raises(RuntimeError, match="broken.safetensors cannot be read"):  # WorkflowError
+        comfy.run(workflow("broken.safetensors"))
+    assert comfy.run(workflow("dit_small.pt"))["8"]["latents"]
+
+
+@pytest.mark.slow
+def test_full_size_dit_xl2_loads_and_steps(comfy):
+    """A 675 M-parameter DiT-XL/2 (256 px, random weights) loads through the loader and samples one step at
+    batch 2 with CFG."""
+    from lazydit.lazy_core.dit import config_for
+
+    import nodes as comfy_nodes
+    config = config_for("DiT-XL/2", image_size=256)
+    with torch.device("meta"):
+        shapes = DiT(config).state_dict()
+    sd = {k: torch.randn(v.shape) * 0.02 for k, v in shapes.items()}
+    save_file(sd, os.path.join(comfy.base, "models", "diffusion_models", "dit_xl2_random.safetensors"))
+    del sd
+    patcher = load(comfy, "dit_xl2_random.safetensors")
+    dm = patcher.model.diffusion_model
+    assert sum(p.numel() for p in dm.parameters()) > 670e6 and len(dm.blocks) == 28
+    from lazydit.nodes.labels import conditioning
+    (out,) = comfy_nodes.common_ksampler(patcher, 0, 1, 4.0, "euler", "normal", conditioning([207, 360]),
+                                         conditioning([1000]), {"samples": torch.zeros(2, 4, 32, 32)})
+    assert out["samples"].shape == (2, 4, 32, 32) and torch.isfinite(out["samples"]).all()
