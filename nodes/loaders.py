@@ -56,8 +56,9 @@ def read_state_dict(path, name):
             f"{name} was refused: it is a pickle that wants to run code or build non-tensor objects, which is "
             f"never executed here ({str(err).splitlines()[0]}). Use the official DiT .pt or a .safetensors "
             f"file") from err
-    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile,
+    except (RuntimeError, OSError, EOFError, ValueError, IndexError, KeyError, zipfile.BadZipFile,
             safetensors.SafetensorError) as err:
+        # torch's weights-only unpickler reports garbage input through several exception types.
         raise CheckpointError(f"{name} cannot be read ({type(err).__name__}: {str(err).splitlines()[0]}); "
                               f"the file is truncated or corrupt: download it again") from err
     if not isinstance(sd, dict):

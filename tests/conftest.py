@@ -31,3 +31,9 @@ def clean_output(comfy):
     shutil.rmtree(comfy.output, ignore_errors=True)
     os.makedirs(comfy.output)
     return comfy.output
+
+
+@pytest.fixture(scope="session")
+def runtime():
+    """scripts/comfy_headless.py as a module (paths, base-directory layout)."""
+    return headless

@@ -1,0 +1,108 @@
+"""The pack through ComfyUI's real HTTP server (main.py --cpu on a free loopback port)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+pytestmark = pytest.mark.http
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKFLOW = os.path.join(ROOT, "example_workflows", "api", "lazydit_demo_fashion.json")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def post(url, payload):
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, runtime):
+    """main.py on 127.0.0.1:<free port>, stopped when the module's tests end."""
+    base = runtime.make_base(str(tmp_path_factory.mktemp("http_base")))
+    web = tmp_path_factory.mktemp("empty_web")
+    port = free_port()
+    log = open(os.path.join(base, "server.log"), "w")
+    proc = subprocess.Popen(
+        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory", base,
+         "--front-end-root", str(web), "--database-url", "sqlite:///:memory:", "--disable-api-nodes",
+         "--disable-auto-launch"], cwd=runtime.COMFY, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if "LazyDiT_ApplyGates" in get(f"{url}/object_info"):
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                log.flush()
+                raise RuntimeError("ComfyUI did not start:\n" + open(log.name).read()[-3000:])
+            time.sleep(1)
+        yield url, base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def wait_for(url, prompt_id, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        history = get(f"{url}/history/{prompt_id}")
+        if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+            return history[prompt_id]
+        time.sleep(0.5)
+    raise TimeoutError(prompt_id)
+
+
+def test_demo_workflow_over_http(server):
+    """POST /prompt runs the demo workflow (lazy gates + report) and the images land in the output folder;
+    a bad workflow is rejected with the reason and the server keeps serving."""
+    url, base = server
+    prompt = json.load(open(WORKFLOW))
+    prompt["7"]["inputs"]["steps"] = 6
+    status, body = post(f"{url}/prompt", {"prompt": prompt, "client_id": "test"})
+    assert status == 200, body
+    done = wait_for(url, body["prompt_id"])
+    assert done["status"]["status_str"] == "success", done["status"]
+    images = done["outputs"]["10"]["images"]
+    assert len(images) == 10
+    assert all(os.path.exists(os.path.join(base, "output", i["subfolder"], i["filename"])) for i in images)
+
+    for name, reason in (("missing.safetensors", "missing.safetensors' is not in models/checkpoints"),
+                         ("broken.pt", "broken.pt cannot be read")):
+        if name == "broken.pt":
+            with open(os.path.join(base, "models", "checkpoints", "broken.pt"), "wb") as f:
+                f.write(b"this is not a checkpoint")
+            time.sleep(1.1)    # ComfyUI caches folder listings by mtime
+        prompt["1"]["inputs"]["ckpt_name"] = name
+        status, body = post(f"{url}/prompt", {"prompt": prompt, "client_id": "test"})
+        if status == 400:                      # refused at validation: the reason names the input
+            assert "ckpt_name" in json.dumps(body)
+            continue
+        done = wait_for(url, body["prompt_id"])
+        assert done["status"]["status_str"] == "error"
+        assert reason in json.dumps(done["status"]["messages"]), json.dumps(done["status"]["messages"])[-800:]
+    assert "LazyDiT_DiTLoader" in get(f"{url}/object_info"), "the server must keep serving"
