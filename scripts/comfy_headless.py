@@ -51,6 +51,8 @@ class Comfy:
         comfy.options.enable_args_parsing()
         import comfy.cli_args  # noqa: F401  (parses the arguments; must precede comfy.model_management)
         import execution
+        if sys.path[0] != COMFY:                  # ComfyUI's own `utils` package must win over comfy/utils.py
+            sys.path.insert(0, COMFY)
         import utils.extra_config  # noqa: F401  (before `import nodes`, which puts comfy/ first on sys.path)
 
         import nodes
