@@ -8,7 +8,7 @@ tests use this one to execute every file in example_workflows/ and to check both
 import json
 import os
 
-from comfy_headless import ROOT
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 

@@ -1,0 +1,102 @@
+"""Comparison inside ComfyUI (not a test): every method runs through the real KSampler on the built-in demo
+model with the same labels, seeds, sampler and steps, side by side in one run: exact, LazyDiT gates, FORA,
+Δ-DiT, and ComfyUI's own EasyCache and LazyCache. Quality against the exact output (PSNR/SSIM) and against
+Fashion-MNIST (FID in the classifier's feature space, class accuracy); wall-clock speed-up.
+
+    .venv/bin/python scripts/bench_comfy.py --steps 20 --per-class 30
+"""
+
+import argparse
+import os
+import time
+
+import torch
+
+from comfy_headless import ROOT, Comfy
+
+WEIGHTS = os.path.join(ROOT, "weights")
+
+
+def main(args):
+    torch.set_num_threads(args.threads)
+    comfy = Comfy(os.path.join(ROOT, "out", "bench_base"))
+    import comfy_extras.nodes_easycache as easycache
+    import nodes as comfy_nodes
+
+    from lazydit.lazy_core.classifier import FashionClassifier, evaluate
+    from lazydit.lazy_core.evaluate import latents_to_grey
+    from lazydit.lazy_core.fashion import load, to_grey32
+    from lazydit.lazy_core.metrics import frechet_distance, gaussian_stats, psnr, ssim
+    from lazydit.nodes.labels import conditioning
+    from lazydit.nodes.lazy_hook import session_of
+    from lazydit.nodes.lazy_nodes import ApplyLazyGates, LoadLazyGates
+    from lazydit.nodes.loaders import DEMO, LoadDiT
+    from lazydit.nodes.sibling_nodes import DeltaDiTNode, ForaNode
+
+    model = LoadDiT.execute(DEMO, "auto").args[0]
+    gates = LoadLazyGates.execute("dit_demo_fashion_gates.safetensors (built in)").args[0]
+    classifier = FashionClassifier.load(os.path.join(WEIGHTS, "fashion_classifier.safetensors"))
+    images, labels = load("test")
+    _, test_feats = evaluate(classifier, torch.from_numpy(to_grey32(images)), torch.from_numpy(labels))
+    test_stats = gaussian_stats(test_feats)
+    y = torch.arange(10).repeat_interleave(args.per_class)
+
+    def ec(cls, threshold):
+        def make(m):
+            return cls.execute(m, threshold, 0.15, 0.95, False).args[0]
+        return make
+
+    methods = {
+        "exact": lambda m: m,
+        f"LazyDiT gates @ {args.laziness}": lambda m: ApplyLazyGates.execute(m, gates, args.laziness, 1, "auto",
+                                                                              "auto").args[0],
+        "FORA interval 2": lambda m: ForaNode.execute(m, 2).args[0],
+        "Δ-DiT 3/6 blocks, N=2": lambda m: DeltaDiTNode.execute(m, 0.5, 0.5, 2).args[0],
+        f"EasyCache {args.easycache}": ec(easycache.EasyCacheNode, args.easycache),
+        f"LazyCache {args.easycache}": ec(easycache.LazyCacheNode, args.easycache),
+    }
+    results, ref = {}, None
+    for name, make in methods.items():
+        patched = make(model)
+        outs, seconds, ratios = [], 0.0, []
+        for i in range(0, len(y), args.batch):
+            rows = y[i:i + args.batch]
+            latent = {"samples": torch.zeros(len(rows), 4, 16, 16)}
+            t = time.perf_counter()
+            (out,) = comfy_nodes.common_ksampler(patched, args.seed + i, args.steps, args.cfg, args.sampler,
+                                                 args.scheduler, conditioning(rows.tolist()), conditioning([10]),
+                                                 latent)
+            seconds += time.perf_counter() - t
+            outs.append(latents_to_grey(out["samples"]))
+            session = session_of(patched)
+            if session is not None and session.report is not None:
+                ratios.append(session.report["ratio"])
+        imgs = torch.cat(outs)
+        acc, feats = evaluate(classifier, imgs, y)
+        row = {"seconds": seconds, "fid": frechet_distance(gaussian_stats(feats), test_stats), "acc": acc,
+               "lazy": sum(ratios) / len(ratios) if ratios else None}
+        if ref is None:
+            ref = (imgs, seconds)
+        else:
+            row["psnr"], row["ssim"] = psnr(imgs, ref[0]), ssim(imgs, ref[0])
+        row["speed"] = ref[1] / seconds
+        results[name] = row
+        lazy = f"{row['lazy']:6.1%}" if row["lazy"] is not None else "     -"
+        print(f"{name:28s} lazy {lazy}  {seconds:6.1f} s  {row['speed']:5.2f}x  "
+              f"PSNR {row.get('psnr', float('inf')):6.2f}  SSIM {row.get('ssim', 1.0):.4f}  "
+              f"FID {row['fid']:7.3f}  acc {acc:.1%}", flush=True)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=4.0)
+    p.add_argument("--sampler", default="euler")
+    p.add_argument("--scheduler", default="normal")
+    p.add_argument("--per-class", type=int, default=30)
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--laziness", type=float, default=0.5)
+    p.add_argument("--easycache", type=float, default=0.2, help="EasyCache/LazyCache reuse threshold (default 0.2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    main(p.parse_args())
