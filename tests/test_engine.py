@@ -96,7 +96,9 @@ def test_batched_equals_one_row_at_a_time():
         noise = torch.randn(len(Y), 4, 8, 8, generator=torch.Generator().manual_seed(0))[i:i + 1]
         with LazyRun(model, LearnedGates(gates, 0.5)) as run:
             alone = GaussianDiffusion().ddim_sample(run, noise, Y[i:i + 1], STEPS, cfg_scale=3.0, null_label=10)
-        torch.testing.assert_close(batched[i:i + 1], alone, atol=1e-5, rtol=0)
+        # Matmuls of other batch sizes round differently (~1e-4 here); a different lazy decision would
+        # move the sample by orders of magnitude more.
+        torch.testing.assert_close(batched[i:i + 1], alone, atol=5e-4, rtol=1e-4)
 
 
 class AlwaysLazy(Policy):
