@@ -110,6 +110,8 @@ class GateBank(nn.Module):
         table = sorted(self.info.calibration)
         if not table:
             return None
+        if table[0][0] > 0:
+            table.insert(0, [0.0, 0.0])          # threshold 0: every score passes, nothing is lazy
         if threshold <= table[0][0]:
             return table[0][1]
         for (t0, r0), (t1, r1) in zip(table, table[1:]):

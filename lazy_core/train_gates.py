@@ -266,6 +266,8 @@ def main(args):
             for n, table in per_steps.items():
                 trained = "trained" if str(n) in args.step_counts.split(",") else "not trained"
                 log.info("%d steps (%s): %s", n, trained, ", ".join(f"{t:.2f}->{r:.1%}" for t, r in table))
+        from .calibrate import file_sha256
+        gates.info.source_model = file_sha256(args.model)
         gates.save(args.out)
         log.info("wrote %s", args.out)
     if world > 1:

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 from comfy_headless import ROOT, Comfy
+from lazydit.lazy_core.fashion import CLASSES
 from PIL import Image, ImageDraw
 
 WORKFLOW = os.path.join(ROOT, "example_workflows", "api", "lazydit_demo_fashion.json")
@@ -22,15 +23,18 @@ def images(comfy, outputs, node):
             for i in outputs[node]["images"]]
 
 
-def grid(rows, labels):
-    """Rows of 128 px images with a label column on the left."""
+def grid(rows, labels, columns):
+    """Rows of 128 px images, a label column on the left and a class-name header on top."""
     w, h = rows[0][0].size
-    canvas = Image.new("RGB", (110 + w * len(rows[0]), h * len(rows)), (255, 255, 255))
+    top, left = 20, 110
+    canvas = Image.new("RGB", (left + w * len(rows[0]), top + h * len(rows)), (255, 255, 255))
     d = ImageDraw.Draw(canvas)
+    for c, name in enumerate(columns):
+        d.text((left + c * w + 6, 4), name, fill=(0, 0, 0))
     for r, (row, label) in enumerate(zip(rows, labels)):
-        d.text((6, r * h + h // 2 - 12), label, fill=(0, 0, 0))
+        d.text((6, top + r * h + h // 2 - 12), label, fill=(0, 0, 0))
         for c, img in enumerate(row):
-            canvas.paste(img, (110 + c * w, r * h))
+            canvas.paste(img, (left + c * w, top + r * h))
     return canvas
 
 
@@ -52,7 +56,8 @@ def main():
     diff = np.mean([np.abs(np.asarray(a, float) - np.asarray(b, float)).mean()
                     for a, b in zip(lazy_imgs, exact_imgs)])
     path = os.path.join(OUT, "demo_grid.png")
-    grid([exact_imgs, lazy_imgs], ["exact", "lazy (0.5)"]).save(path)
+    laziness = prompt["3"]["inputs"]["laziness"]
+    grid([exact_imgs, lazy_imgs], ["exact", f"lazy ({laziness})"], CLASSES).save(path)
     report = images(comfy, lazy_out, "12")[0]
     report_path = os.path.join(OUT, "demo_report.png")
     report.save(report_path)

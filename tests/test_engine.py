@@ -179,6 +179,8 @@ def test_gate_file_round_trip(tmp_path):
     assert torch.equal(back.trained, gates.trained)
     assert back.info == gates.info
     assert back.expected_ratio(0.6) == pytest.approx(0.375)
+    assert back.expected_ratio(0.15) == pytest.approx(0.05), "below the table: from (0, 0), threshold 0 is exact"
+    assert back.expected_ratio(0.9) == pytest.approx(0.45), "above the table: its last measured ratio"
 
 
 def test_bad_gate_files(tmp_path):
