@@ -13,6 +13,7 @@ import logging
 
 import torch
 
+from .denoisers import as_denoiser
 from .diffusion import GaussianDiffusion
 from .policies import LearnedGates
 from .run import LazyRun
@@ -25,18 +26,20 @@ THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 @torch.no_grad()
 def calibrate(model, gates, step_counts=(10, 20, 30, 50), thresholds=THRESHOLDS, rows=8, cfg_scale=4.0, seed=0):
-    """Returns (table [[threshold, mean ratio]], per_steps {steps: [[threshold, ratio]]})."""
-    c = model.config
+    """Returns (table [[threshold, mean ratio]], per_steps {steps: [[threshold, ratio]]}).
+
+    model: a DiT, or a denoiser (lazy_core.denoisers) for other models."""
+    den = as_denoiser(model)
     g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, c.num_classes, (rows,), generator=g)
-    noise = torch.randn(rows, c.in_channels, c.input_size, c.input_size, generator=g)
+    cond = den.draw(rows, g)
+    noise = torch.randn(rows, *den.latent, generator=g).to(den.device)
     diffusion = GaussianDiffusion()
     per_steps = {}
     for n in step_counts:
         per_steps[n] = []
         for thr in thresholds:
-            with LazyRun(model, LearnedGates(gates, thr)) as run:
-                diffusion.ddim_sample(run, noise, y, n, cfg_scale, null_label=c.num_classes)
+            with LazyRun(den.model, LearnedGates(gates, thr), forward=den.forward) as run:
+                diffusion.ddim_loop(den.eps_fn(run, cond, cfg_scale), noise, n)
             per_steps[n].append([thr, round(run.report["ratio"], 4)])
     table = [[thr, round(sum(per_steps[n][i][1] for n in step_counts) / len(step_counts), 4)]
              for i, thr in enumerate(thresholds)]

@@ -113,24 +113,34 @@ class GaussianDiffusion:
         model(x, t, y) -> (N, C or 2C, H, W). With cfg_scale != 1 the batch is run as [cond; uncond] in one
         call (as DiT's forward_with_cfg does), so every cond row has its own uncond row.
         """
+        if cfg_scale != 1.0 and null_label is None:
+            raise ValueError("cfg_scale != 1 needs null_label (the class index used for the unconditional row)")
+        return self.ddim_loop(label_guidance(model, y, cfg_scale, null_label), noise, steps, on_step, on_state)
+
+    @torch.no_grad()
+    def ddim_loop(self, eps_fn, noise, steps, on_step=None, on_state=None):
+        """Deterministic DDIM (eta = 0) over DiT's respaced timesteps; eps_fn(x, t) gives the (guided) eps."""
         timesteps = space_timesteps(steps, self.num_timesteps)[::-1]
         x = noise
-        guided = cfg_scale != 1.0
-        if guided and null_label is None:
-            raise ValueError("cfg_scale != 1 needs null_label (the class index used for the unconditional row)")
         for i, t_int in enumerate(timesteps):
             t = torch.full((x.shape[0],), t_int, device=x.device, dtype=torch.long)
             if on_state is not None:
                 on_state(i, t_int, x)
-            if guided:
-                out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_label)]))
-                eps_c, eps_u = out[:, :x.shape[1]].float().chunk(2)
-                eps = eps_u + cfg_scale * (eps_c - eps_u)
-            else:
-                eps = model(x, t, y)[:, :x.shape[1]].float()
+            eps = eps_fn(x, t)
             x0 = self.predict_xstart(x, t, eps)
             acp_prev = self.alphas_cumprod[timesteps[i + 1]] if i + 1 < len(timesteps) else 1.0
             x = math.sqrt(acp_prev) * x0 + math.sqrt(1.0 - acp_prev) * eps
             if on_step is not None:
                 on_step(i, t_int)
         return x
+
+
+def label_guidance(model, y, cfg_scale, null_label):
+    """eps_fn for class labels: cond and null rows in one call ([cond; uncond]), guided on eps."""
+    def eps_fn(x, t):
+        if cfg_scale == 1.0:
+            return model(x, t, y)[:, :x.shape[1]].float()
+        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_label)]))
+        eps_c, eps_u = out[:, :x.shape[1]].float().chunk(2)
+        return eps_u + cfg_scale * (eps_c - eps_u)
+    return eps_fn

@@ -1,4 +1,4 @@
-"""Lazy sampling outside ComfyUI (training, benchmarks, the CLI): one run, one stream, a row per sample."""
+"""Lazy sampling outside ComfyUI (training, benchmarks, the CLI): one run, a row per sample."""
 
 from .dit import DiT
 from .engine import CacheOptions, RunState
@@ -10,12 +10,18 @@ class LazyRun:
         with LazyRun(model, policy) as lazy:
             x = diffusion.ddim_sample(lazy, noise, y, steps=50, ...)
         print(lazy.report["text"])
+
+    forward(x, t, cond) is what a call runs (default: DiT's forward over all channels). A call's `stream`
+    names whose rows these are; samplers that run cond and uncond rows in separate calls pass distinct
+    streams, so each keeps its own cache, as the ComfyUI hook keys them by cond uuid.
     """
 
-    def __init__(self, model, policy, options=CacheOptions()):
+    def __init__(self, model, policy, options=CacheOptions(), forward=None):
         self.model = model
         self.policy = policy
         self.options = options
+        # The base forward (all channels), also for host subclasses whose own forward serves the host.
+        self.forward = forward or (lambda x, t, y: DiT.forward(model, x, t, y))
         self.state = None
         self.report = None
 
@@ -24,11 +30,10 @@ class LazyRun:
         self._handle = self.state.attach(self.model)
         return self
 
-    def __call__(self, x, t, y):
-        self.state.begin_call(["batch"], ["batch"], x.shape[0], x, float(t[0]))
+    def __call__(self, x, t, cond, stream="batch"):
+        self.state.begin_call([stream], [stream], x.shape[0], x, float(t[0]))
         try:
-            # The base forward (all channels) also for host subclasses whose own forward serves the host.
-            return DiT.forward(self.model, x, t, y) if isinstance(self.model, DiT) else self.model(x, t, y)
+            return self.forward(x, t, cond)
         finally:
             self.state.end_call()
 

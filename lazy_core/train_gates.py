@@ -8,8 +8,9 @@ blocks of the mean compute score (attn and MLP). Only the gates train (zero-init
 Beyond the paper, for ComfyUI users who change step counts and samplers: gates are indexed by timestep
 buckets spread over 0..999, and every iteration draws its (t_a, t_b) pair from one of several step counts,
 so each bucket is trained on the step sizes artists use. Two data sources:
-  real   x_{t_a} = q_sample(x_0, t_a) from the data set, as in the paper;
-  self   data-free self-distillation: x_{t_a} from the model's own DDIM trajectories (with CFG) from labels.
+  real   x_{t_a} = q_sample(x_0, t_a) from the data set, as in the paper (class-conditional DiT);
+  self   data-free self-distillation: x_{t_a} from the model's own DDIM trajectories (with CFG) from labels
+         or prompts, so any checkpoint trains (PixArt through the ComfyUI node, which has its prompts).
 
     python -m lazydit.lazy_core.train_gates --model weights/dit_demo_fashion.safetensors --out gates.safetensors
     torchrun --nproc_per_node 2 -m lazydit.lazy_core.train_gates ...        # same global batch, split
@@ -28,6 +29,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from .adapters import Attachment
+from .denoisers import LabelDenoiser, architecture, as_denoiser
 from .diffusion import GaussianDiffusion, space_timesteps
 from .dit import DiT, DiTConfig
 from .gates import GateBank, GateInfo
@@ -107,18 +109,17 @@ def schedule_pairs(step_counts):
 
 
 @torch.no_grad()
-def trajectory_pool(forward, c, diffusion, step_counts, rows, cfg_scale, seed, labels=None):
-    """Self-distillation data: {n: (x per step (steps, rows, C, H, W), labels)} from the model's own DDIM."""
+def trajectory_pool(denoiser, diffusion, step_counts, rows, cfg_scale, seed):
+    """Self-distillation data: {n: (x per step (steps, rows, C, H, W), conditions)} from the model's own DDIM."""
     g = torch.Generator().manual_seed(seed)
     pool = {}
     for n in step_counts:
-        choices = torch.arange(c.num_classes) if labels is None else torch.as_tensor(labels)
-        y = choices[torch.randint(0, len(choices), (rows,), generator=g)]
-        x = torch.randn(rows, c.in_channels, c.input_size, c.input_size, generator=g)
+        cond = denoiser.draw(rows, g)
+        x = torch.randn(rows, *denoiser.latent, generator=g).to(denoiser.device)
         states = []
-        diffusion.ddim_sample(forward, x, y, n, cfg_scale=cfg_scale, null_label=c.num_classes,
-                              on_state=lambda i, t, xt: states.append(xt.clone()))
-        pool[n] = (torch.stack(states), y)            # states[i] is the input of evaluation i
+        diffusion.ddim_loop(denoiser.eps_fn(denoiser.forward, cond, cfg_scale), x, n,
+                            on_state=lambda i, t, xt: states.append(xt.clone()))
+        pool[n] = (torch.stack(states), cond)           # states[i] is the input of evaluation i
     return pool
 
 
@@ -126,36 +127,28 @@ def trajectory_pool(forward, c, diffusion, step_counts, rows, cfg_scale, seed, l
 #                                   Training                                    #
 #################################################################################
 
-def dit_forward(model):
-    """model(x, t, y) -> all output channels in float32, on the model's device and dtype, also for
-    subclasses whose own forward serves a host (ComfyUI)."""
-    w = model.x_embedder.proj.weight
-
-    def forward(x, t, y):
-        return DiT.forward(model, x.to(w.device, w.dtype), t.to(w.device), y.to(w.device)).float()
-    return forward
-
-
-def gate_loss(model, gates, x_a, t_a, x_b_fn, t_b, y, rho):
-    """(loss, mse, mean compute score) for one batch; x_b_fn(eps_a) gives x at t_b."""
+def gate_loss(model, gates, x_a, t_a, x_b_fn, t_b, cond, rho):
+    """(loss, mse, mean compute score) for one batch; x_b_fn(eps_a) gives x at t_b. `model` is a
+    denoiser (or a DiT) and `cond` its condition for these rows."""
+    denoiser = as_denoiser(model)
+    forward = denoiser.forward
     holder = _Holder()
-    forward = dit_forward(model)
-    handle = Attachment(model, holder).attach()
+    handle = Attachment(denoiser.model, holder).attach()
     try:
         with torch.no_grad():
             holder.call = RecordCall()
-            out_a = forward(x_a, t_a, y).to(x_a.device)
+            out_a = forward(x_a, t_a, cond).to(x_a.device)
             cache = holder.call.cache
             x_b = x_b_fn(out_a[:, :x_a.shape[1]].float())
             holder.call = FullCall()
-            target = forward(x_b, t_b, y)
+            target = forward(x_b, t_b, cond)
         buckets = torch.tensor([gates.bucket(int(t)) for t in t_b])
         holder.call = SoftCall(gates, buckets, cache)
-        pred = forward(x_b, t_b, y)
+        pred = forward(x_b, t_b, cond)
         scores = torch.stack(holder.call.scores)            # (2 * depth, rows)
     finally:
         handle.detach()
-    mse = ((pred - target) ** 2).mean()     # all output channels, eps and learned sigma (method notes §1.5)
+    mse = ((pred - target) ** 2).mean()     # all output channels the model returns (method notes §1.5)
     # rho * (1/B) sum_l sum_b score, for attn and MLP (Eq. 5 in the code's score convention).
     compute = scores.sum(0).mean()
     return mse + rho * compute, mse.detach(), scores.detach().mean()
@@ -164,7 +157,8 @@ def gate_loss(model, gates, x_a, t_a, x_b_fn, t_b, y, rho):
 def ddim_to(diffusion, x_a, t_a, t_b, eps):
     """One deterministic DDIM step from t_a to t_b with the model's eps."""
     x0 = diffusion.predict_xstart(x_a, t_a, eps)
-    acp_b = torch.as_tensor(diffusion.alphas_cumprod, dtype=torch.float32)[t_b].view(-1, 1, 1, 1)
+    acp_b = torch.as_tensor(diffusion.alphas_cumprod, dtype=torch.float32)[t_b.cpu()].view(-1, 1, 1, 1)
+    acp_b = acp_b.to(x_a.device)
     return acp_b.sqrt() * x0 + (1 - acp_b).sqrt() * eps
 
 
@@ -182,25 +176,28 @@ def load_model(path):
 
 
 def train(model, args, real_latents=None, rank=0, world=1, labels=None, on_iter=None):
-    """Trains and returns a GateBank for `model` (a lazy_core DiT), following `args` (see parser()).
+    """Trains and returns a GateBank for `model` (a DiT, or a denoiser), following `args` (see parser()).
 
-    labels: the class labels to self-distill from (default: all); on_iter(i, total, loss): progress."""
-    c = model.config
+    labels: the class labels a DiT self-distills from (default: all); on_iter(i, total, loss): progress."""
+    denoiser = as_denoiser(model) if labels is None or not isinstance(model, DiT) else LabelDenoiser(model, labels)
+    if args.source == "real" and not isinstance(denoiser, LabelDenoiser):
+        raise ValueError("--source real trains class-conditional DiTs on Fashion-MNIST; use --source self "
+                         "(data-free) for text-conditioned models")
+    arch, depth, width = architecture(denoiser)
     step_counts = [int(s) for s in args.step_counts.split(",")]
     buckets = [round(i * 999 / (args.buckets - 1)) for i in range(args.buckets)]
-    info = GateInfo("dit", c.depth, c.hidden_size, buckets, pooling=args.pooling, tokens=c.tokens,
+    info = GateInfo(arch, depth, width, buckets, pooling=args.pooling, tokens=denoiser.tokens,
                     recipe={"source": args.source, "step_counts": step_counts, "iters": args.iters,
                             "batch": args.batch, "lr": args.lr, "rho": args.rho, "null_prob": args.null_prob,
                             "cfg_scale": args.cfg_scale, "seed": args.seed})
-    device = model.x_embedder.proj.weight.device
+    device = denoiser.device
     gates = GateBank(info).to(device)
     opt = torch.optim.AdamW(gates.parameters(), lr=args.lr, weight_decay=0)
     diffusion = GaussianDiffusion()
     pairs = schedule_pairs(step_counts)
     pool = None
     if args.source == "self":
-        pool = trajectory_pool(dit_forward(model), c, diffusion, step_counts, args.pool, args.cfg_scale, args.seed,
-                               labels)
+        pool = trajectory_pool(denoiser, diffusion, step_counts, args.pool, args.cfg_scale, args.seed)
     rng = random.Random(args.seed)
     g = torch.Generator().manual_seed(args.seed)
     local = args.batch // world
@@ -209,21 +206,21 @@ def train(model, args, real_latents=None, rank=0, world=1, labels=None, on_iter=
         # The same global batch on every rank (same seeds); each rank takes its slice.
         n, ta, tb = pairs[rng.randrange(len(pairs))]
         if args.source == "self":
-            states, pool_labels = pool[n]
+            states, conds = pool[n]
             k = space_timesteps(n)[::-1].index(ta)
-            idx = torch.randint(0, len(pool_labels), (args.batch,), generator=g)
-            x_a, y = states[k][idx], pool_labels[idx]
+            idx, cond = denoiser.training_batch(conds, args.batch, args.null_prob, g)
+            x_a = states[k][idx.to(states.device)]
         else:
             idx = torch.randint(0, len(real_latents[0]), (args.batch,), generator=g)
             x0, y = real_latents[0][idx], real_latents[1][idx]
             noise = torch.randn(x0.shape, generator=g)
-            x_a = diffusion.q_sample(x0, torch.full((args.batch,), ta), noise)
-        y = torch.where(torch.rand(args.batch, generator=g) < args.null_prob, c.num_classes, y)
+            x_a = diffusion.q_sample(x0, torch.full((args.batch,), ta), noise).to(device)
+            cond = torch.where(torch.rand(args.batch, generator=g) < args.null_prob, denoiser.null, y)
         sl = slice(rank * local, (rank + 1) * local)
-        x_a, y = x_a[sl], y[sl]
-        t_a, t_b = torch.full((local,), ta), torch.full((local,), tb)
-        loss, mse, score = gate_loss(model, gates, x_a, t_a,
-                                     lambda eps: ddim_to(diffusion, x_a, t_a, t_b, eps), t_b, y, args.rho)
+        x_a, cond = x_a[sl], cond[sl]
+        t_a, t_b = torch.full((local,), ta, device=device), torch.full((local,), tb, device=device)
+        loss, mse, score = gate_loss(denoiser, gates, x_a, t_a,
+                                     lambda eps: ddim_to(diffusion, x_a, t_a, t_b, eps), t_b, cond, args.rho)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if world > 1:

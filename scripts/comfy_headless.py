@@ -53,8 +53,8 @@ class Comfy:
         import execution
         if sys.path[0] != COMFY:                  # ComfyUI's own `utils` package must win over comfy/utils.py
             sys.path.insert(0, COMFY)
-        import utils.extra_config  # noqa: F401  (before `import nodes`, which puts comfy/ first on sys.path)
-
+        # Order matters: ComfyUI's `utils` package before `import nodes`, which puts comfy/ first on sys.path.
+        import utils.extra_config  # noqa: F401, I001
         import nodes
         asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
         if "LazyDiT_ApplyGates" not in nodes.NODE_CLASS_MAPPINGS:

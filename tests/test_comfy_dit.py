@@ -121,6 +121,26 @@ class _Evil:
         return (os.system, (f"touch {os.environ.get('LAZYDIT_MARKER', '/tmp/lazydit_pwned')}",))
 
 
+
+def test_train_gates_node_saves_calibrated_gates(comfy, small_ckpt):
+    """The Train node trains on the DiT's own trajectories, saves a gate file that fits the model with a
+    calibration table at the step counts trained, and refuses a label outside the model's classes."""
+    from lazydit.lazy_core.gates import GateBank
+    from lazydit.nodes.train_node import TrainLazyGates
+
+    model = load(comfy, "dit_small.safetensors")
+    with pytest.raises(ValueError, match="'1000' is not a class index in 0..999"):
+        TrainLazyGates.execute(model, "1, 1000", 10, 4, 1e-3, "6", 0, "dit_gates")
+    gates, text = TrainLazyGates.execute(model, "1, 207, 360", 12, 4, 1e-3, "6,9", 0, "dit_gates").args
+    name = text.split()[1].rstrip(";")
+    saved = GateBank.load(os.path.join(comfy.base, "models", "lazy_gates", name))
+    saved.check_fits("dit", SMALL.depth, SMALL.hidden_size)
+    assert torch.equal(saved.weight, gates.model.weight) and saved.weight.abs().sum() > 0
+    assert sorted(int(n) for n in saved.info.recipe["calibration_per_steps"]) == [6, 9]
+    ratios = [r for _, r in saved.info.calibration]
+    assert ratios == sorted(ratios), f"lazy ratio must not fall as laziness rises: {saved.info.calibration}"
+
+
 def test_bad_files_give_clear_errors(comfy, small_ckpt, tmp_path, monkeypatch):
     """Truncated, foreign, code-carrying and unknown files are refused with errors naming file and problem."""
     from lazydit.lazy_core.dit import CheckpointError
@@ -160,9 +180,8 @@ def test_server_keeps_running_after_a_bad_file(comfy, small_ckpt, clean_output):
 def test_full_size_dit_xl2_loads_and_steps(comfy):
     """A 675 M-parameter DiT-XL/2 (256 px, random weights) loads through the loader and samples one step at
     batch 2 with CFG."""
-    from lazydit.lazy_core.dit import config_for
-
     import nodes as comfy_nodes
+    from lazydit.lazy_core.dit import config_for
     config = config_for("DiT-XL/2", image_size=256)
     with torch.device("meta"):
         shapes = DiT(config).state_dict()

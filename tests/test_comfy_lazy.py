@@ -325,3 +325,42 @@ def test_report_node_heatmap_and_text(pixart, tmp_path):
     Image.fromarray((image[0].numpy() * 255).astype("uint8")).save(tmp_path / "heatmap.png")
     with pytest.raises(ValueError, match="no LazyDiT patch"):
         LazyReport.execute(pixart, {"samples": out})
+
+
+
+def test_gate_training_on_pixart_prompts(pixart, comfy):
+    """Data-free training from prompts on PixArt (the Train node's denoiser): trained gates beat zero gates on
+    a held-out batch, fit the model and make it lazy; a missing prompt input is named in the node's error."""
+    from lazydit.lazy_core import train_gates as tg
+    from lazydit.lazy_core.calibrate import calibrate
+    from lazydit.lazy_core.diffusion import GaussianDiffusion
+    from lazydit.lazy_core.gates import GateBank
+    from lazydit.nodes.lazy_nodes import GATES  # noqa: F401  (registers ComfyUI's PixArt block adapter)
+    from lazydit.nodes.train_node import TrainLazyGates, make_denoiser
+
+    latent = {"samples": torch.zeros(1, 4, SIDE, SIDE)}
+    with pytest.raises(ValueError, match="connect negative"):
+        TrainLazyGates.execute(pixart, "all", 10, 4, 1e-3, "8", 0, "pixart_gates", POS, None, latent)
+    prompts = POS + prompt(3, 5)                       # two prompts of other token counts, as Combine makes
+    den = make_denoiser(pixart, "all", prompts, NEG, latent)
+    args = tg.parser().parse_args(["--model", "-", "--out", "-", "--iters", "30", "--batch", "4", "--pool", "8",
+                                   "--step-counts", "8", "--buckets", "5", "--rho", "0", "--lr", "3e-2"])
+    with torch.inference_mode(False), torch.enable_grad():
+        bank = tg.train(den, args)
+    assert (bank.info.architecture, bank.info.depth, bank.info.width) == ("pixart", 3, 64)
+    assert bank.info.tokens == (SIDE // 2) ** 2, "the gate file records the token count trained at"
+
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(4, 4, SIDE, SIDE, generator=g)
+    t_a, t_b = torch.full((4,), 571), torch.full((4,), 428)
+    d = GaussianDiffusion()
+
+    def held_out_mse(gates):
+        with torch.no_grad():
+            return float(tg.gate_loss(den, gates, x, t_a, lambda eps: tg.ddim_to(d, x, t_a, t_b, eps), t_b,
+                                      prompts[1][0].expand(4, -1, -1), 0.0)[1])
+    start, end = held_out_mse(GateBank(bank.info)), held_out_mse(bank)
+    assert end < start, f"held-out distillation MSE {start:.3g} (zero gates) -> {end:.3g} (trained)"
+
+    table, _ = calibrate(den, bank, step_counts=(8,), thresholds=(1.0,), rows=2)
+    assert table[0][1] > 0, "laziness 1 makes trained gates lazy somewhere"
