@@ -67,6 +67,7 @@ class Call:
         Block-range caching (Δ-DiT): at a computing step the range's output-minus-input Δ is kept; at a
         lazy step the range's first block returns x + Δ and the others pass x through. Range decisions
         are per call (the policy is input-independent), and a call with a stream lacking Δ computes."""
+        self.state.tokens = x.shape[1]            # for the MACs estimate, whichever path runs the modules
         plan = self.range_plan
         if plan is None or not plan[0] <= index < plan[1]:
             return forward(x, *args, **kwargs)
@@ -100,7 +101,6 @@ class Call:
         if not policy.lazy_possible:
             return fn(z)
         key = (block, module)
-        self.state.tokens = z.shape[1]
         wanted = policy.compute_mask(self, block, module, z)
         if wanted is None:
             compute = torch.ones(self.rows, dtype=torch.bool)

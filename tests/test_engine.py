@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from lazydit.lazy_core.adapters import BlockAdapter, attach
+from lazydit.lazy_core.adapters import BlockAdapter, attach, module_macs
 from lazydit.lazy_core.diffusion import GaussianDiffusion, space_timesteps
 from lazydit.lazy_core.dit import DiT, DiTConfig
 from lazydit.lazy_core.engine import CacheOptions, RunState
@@ -255,6 +255,9 @@ def test_delta_dit_skip_pattern():
         expected.append([rows if lazy_now and span[0] <= b < span[1] else 0 for b in range(4)])
     assert lazy[:, :, 0].tolist() == expected
     assert torch.equal(lazy[:, :, 0], lazy[:, :, 1]), "a cached block skips attention and MLP together"
+    attn, mlp = module_macs(model.blocks, model.x_embedder.num_patches)[0]     # equal for every block
+    saved = sum(map(sum, expected)) * (attn + mlp)
+    assert report["macs_saved"] == saved, f"MACs saved by cached ranges: expected {saved}, got {report['macs_saved']}"
 
 
 def test_delta_dit_reuses_the_range_delta():
