@@ -4,24 +4,16 @@ file (quality figures are added by `scripts/bench_quality.py --manifest --write`
     .venv/bin/python scripts/release_weights.py
 """
 
-import hashlib
 import json
 import os
 
+from lazydit.lazy_core.calibrate import file_sha256
 from safetensors import safe_open
 
 WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
 DATA = {"name": "Fashion-MNIST (Xiao, Rasul & Vollgraf 2017)", "source": "Debian package dataset-fashion-mnist",
         "licence": "MIT (Zalando SE)", "split": "published train split (60,000) for training, test split "
                                               "(10,000) for evaluation"}
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def metadata(path):
@@ -62,7 +54,7 @@ def main():
             continue
         entry = manifest.get(name, {})
         entry.update(describe(metadata(file)))
-        entry["sha256"] = sha256(file)
+        entry["sha256"] = file_sha256(file)
         entry["bytes"] = os.path.getsize(file)
         manifest[name] = entry
     json.dump(manifest, open(path, "w"), indent=1)
