@@ -82,8 +82,8 @@ class ContextDenoiser:
                 eps_c[rows] = forward(x[rows], t[rows], ctx, stream=f"prompt {p}")[:, :channels].to(x.device)
             if cfg_scale == 1.0:
                 return eps_c
-            eps_u = forward(x, t, self.negative.expand(len(x), -1, -1), stream="negative")[:, :channels]
-            return eps_u.to(x.device) + cfg_scale * (eps_c - eps_u.to(x.device))
+            eps_u = forward(x, t, self.negative.expand(len(x), -1, -1), stream="negative")[:, :channels].to(x.device)
+            return eps_u + cfg_scale * (eps_c - eps_u)
         return eps_fn
 
     def training_batch(self, conds, batch, null_prob, generator):

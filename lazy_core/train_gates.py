@@ -179,7 +179,7 @@ def train(model, args, real_latents=None, rank=0, world=1, labels=None, on_iter=
     """Trains and returns a GateBank for `model` (a DiT, or a denoiser), following `args` (see parser()).
 
     labels: the class labels a DiT self-distills from (default: all); on_iter(i, total, loss): progress."""
-    denoiser = as_denoiser(model) if labels is None or not isinstance(model, DiT) else LabelDenoiser(model, labels)
+    denoiser = LabelDenoiser(model, labels) if isinstance(model, DiT) else as_denoiser(model)
     if args.source == "real" and not isinstance(denoiser, LabelDenoiser):
         raise ValueError("--source real trains class-conditional DiTs on Fashion-MNIST; use --source self "
                          "(data-free) for text-conditioned models")
