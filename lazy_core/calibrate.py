@@ -14,7 +14,7 @@ import logging
 import torch
 
 from .denoisers import as_denoiser
-from .diffusion import GaussianDiffusion
+from .diffusion import GaussianDiffusion, parse_step_counts
 from .policies import LearnedGates
 from .run import LazyRun
 
@@ -63,7 +63,7 @@ def main(args):
     model = load_model(args.model)
     gates = GateBank.load(args.gates)
     gates.check_fits("dit", model.config.depth, model.config.hidden_size, name=args.gates)
-    counts = sorted({int(n) for n in args.step_counts.split(",")})
+    counts = parse_step_counts(args.step_counts)
     gates.info.calibration, per_steps = calibrate(model, gates, step_counts=counts)
     gates.info.recipe["calibration_per_steps"] = per_steps
     gates.info.source_model = file_sha256(args.model)

@@ -9,7 +9,6 @@ imports nothing from a host, so a host hands in the forward of a context model.
 
 import torch
 
-from .adapters import describe
 from .diffusion import label_guidance
 from .dit import DiT
 
@@ -106,8 +105,3 @@ def as_denoiser(model):
         return LabelDenoiser(model)
     raise TypeError(f"gate training needs a DiT or a ContextDenoiser around a text-conditioned model; got "
                     f"{type(model).__name__}")
-
-
-def architecture(denoiser):
-    """(architecture, depth, width) of the denoiser's blocks (raises for models without an adapter)."""
-    return describe(denoiser.model)

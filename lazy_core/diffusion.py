@@ -25,6 +25,18 @@ def space_timesteps(num_steps, num_timesteps=NUM_TIMESTEPS):
     return sorted({round(i * stride) for i in range(num_steps)})
 
 
+def parse_step_counts(text, num_timesteps=NUM_TIMESTEPS):
+    """'10,20,30,50' -> [10, 20, 30, 50] (sorted, unique); an entry that is not a step count is named."""
+    counts = set()
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part.isdigit() or not 2 <= int(part) <= num_timesteps:
+            raise ValueError(f"step count {part!r} in {text!r} is not a whole number in 2..{num_timesteps}; "
+                             f"write the step counts you sample with, e.g. '10,20,30,50'")
+        counts.add(int(part))
+    return sorted(counts)
+
+
 def _gather(arr, t, ndim):
     """arr[t] as a float32 tensor broadcastable to an ndim-dimensional batch."""
     out = torch.as_tensor(arr, device=t.device)[t].float()

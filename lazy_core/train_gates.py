@@ -28,9 +28,9 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from .adapters import Attachment
-from .denoisers import LabelDenoiser, architecture, as_denoiser
-from .diffusion import GaussianDiffusion, space_timesteps
+from .adapters import Attachment, describe
+from .denoisers import LabelDenoiser, as_denoiser
+from .diffusion import GaussianDiffusion, parse_step_counts, space_timesteps
 from .dit import DiT, DiTConfig
 from .gates import GateBank, GateInfo
 
@@ -183,8 +183,8 @@ def train(model, args, real_latents=None, rank=0, world=1, labels=None, on_iter=
     if args.source == "real" and not isinstance(denoiser, LabelDenoiser):
         raise ValueError("--source real trains class-conditional DiTs on Fashion-MNIST; use --source self "
                          "(data-free) for text-conditioned models")
-    arch, depth, width = architecture(denoiser)
-    step_counts = [int(s) for s in args.step_counts.split(",")]
+    arch, depth, width = describe(denoiser.model)
+    step_counts = parse_step_counts(args.step_counts)
     buckets = [round(i * 999 / (args.buckets - 1)) for i in range(args.buckets)]
     info = GateInfo(arch, depth, width, buckets, pooling=args.pooling, tokens=denoiser.tokens,
                     recipe={"source": args.source, "step_counts": step_counts, "iters": args.iters,
@@ -257,11 +257,11 @@ def main(args):
     if rank == 0:
         if args.calibrate:
             from .calibrate import calibrate
-            counts = sorted({int(n) for n in args.calibrate.split(",")})
+            counts = parse_step_counts(args.calibrate)
             gates.info.calibration, per_steps = calibrate(model, gates, step_counts=counts)
             gates.info.recipe["calibration_per_steps"] = per_steps
             for n, table in per_steps.items():
-                trained = "trained" if str(n) in args.step_counts.split(",") else "not trained"
+                trained = "trained" if n in parse_step_counts(args.step_counts) else "not trained"
                 log.info("%d steps (%s): %s", n, trained, ", ".join(f"{t:.2f}->{r:.1%}" for t, r in table))
         from .calibrate import file_sha256
         gates.info.source_model = file_sha256(args.model)

@@ -12,6 +12,7 @@ from comfy_api.latest import io
 
 from ..lazy_core.calibrate import calibrate
 from ..lazy_core.denoisers import ContextDenoiser, LabelDenoiser
+from ..lazy_core.diffusion import parse_step_counts
 from ..lazy_core.dit import DiT
 from ..lazy_core.train_gates import parser, train
 from .lazy_nodes import CATEGORY, GATES
@@ -92,6 +93,7 @@ class TrainLazyGates(io.ComfyNode):
     @classmethod
     def execute(cls, model, labels, iterations, batch, laziness_pressure, step_counts, seed, filename_prefix,
                 positive=None, negative=None, latent=None):
+        counts = parse_step_counts(step_counts)    # a bad entry fails before any work is done
         mm.load_models_gpu([model])                # first: the denoiser works where the model now is
         denoiser = make_denoiser(model, labels, positive, negative, latent)
         args = parser().parse_args(["--model", "-", "--out", "-", "--iters", str(iterations), "--batch", str(batch),
@@ -106,7 +108,6 @@ class TrainLazyGates(io.ComfyNode):
         with torch.inference_mode(False), torch.enable_grad():
             gates = train(denoiser, args, on_iter=on_iter)
         with torch.no_grad():
-            counts = sorted({int(n) for n in step_counts.split(",")})    # the step counts trained for
             gates.info.calibration, per_steps = calibrate(denoiser, gates, step_counts=counts)
         gates.info.recipe["calibration_per_steps"] = per_steps
         out_dir = folder_paths.get_folder_paths("lazy_gates")[0]
