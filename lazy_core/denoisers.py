@@ -37,6 +37,15 @@ class LabelDenoiser:
     def eps_fn(self, forward, cond, cfg_scale):
         return label_guidance(forward, cond.to(self.device), cfg_scale, self.null)
 
+    def run_streams(self, cfg_scale):
+        """How a LazyRun splits each call: [cond; uncond] as two streams, as ComfyUI batches them."""
+        return None if cfg_scale == 1.0 else ("positive", "negative")
+
+    def row_images(self, cond, cfg_scale):
+        """Per model call of eps_fn, the image each row belongs to: one call of [cond; uncond]."""
+        n = len(cond)
+        return [torch.arange(n).repeat(1 if cfg_scale == 1.0 else 2)]
+
     def training_batch(self, conds, batch, null_prob, generator):
         """(pool rows, condition) of a training batch: rows of any label, each dropped to null with
         probability null_prob, so uncond rows get trained gates too."""
@@ -84,6 +93,15 @@ class ContextDenoiser:
             eps_u = forward(x, t, self.negative.expand(len(x), -1, -1), stream="negative")[:, :channels].to(x.device)
             return eps_u + cfg_scale * (eps_c - eps_u)
         return eps_fn
+
+    def run_streams(self, cfg_scale):
+        """Calls name their own streams (a prompt's, the negative's)."""
+        return None
+
+    def row_images(self, cond, cfg_scale):
+        """Per model call of eps_fn, the image each row belongs to: a call per prompt, then the negative."""
+        calls = [(cond == p).nonzero().squeeze(1) for p in cond.unique().tolist()]
+        return calls + ([] if cfg_scale == 1.0 else [torch.arange(len(cond))])
 
     def training_batch(self, conds, batch, null_prob, generator):
         """(pool rows, context) of a training batch: one context for all rows (its token count is the

@@ -16,14 +16,27 @@ from .gates import MODULES
 from .policies import Policy
 from .report import summarize
 
+REUSE = ("extrapolate", "repeat")
+
 
 @dataclass(frozen=True)
 class CacheOptions:
-    """How lazy outputs are kept. dtype/device None = as computed (memory: 2 x depth x rows x T x D)."""
+    """How lazy outputs are kept and reused. dtype/device None = as computed. Memory: 2 x depth x rows x T x
+    D for "repeat", twice that for "extrapolate" (the two last computed outputs).
+
+    reuse "repeat": a lazy module returns its last computed output (the paper's LazyDiT, FORA).
+    reuse "extrapolate": it returns the line through its last two computed outputs, evaluated at this
+    step's timestep, o1 + (t - t1) / (t1 - t2) * (o1 - o2): first order in the step instead of zeroth
+    (as in Taylor-expansion caches). With one computed output so far it repeats."""
 
     max_lazy_steps: int = 1          # consecutive lazy steps per row; 1 = what the paper's training supports
     dtype: torch.dtype | None = None
     device: torch.device | str | None = None
+    reuse: str = "repeat"
+
+    def __post_init__(self):
+        if self.reuse not in REUSE:
+            raise ValueError(f"reuse {self.reuse!r} is not one of {REUSE}")
 
 
 class StreamCache:
@@ -33,7 +46,9 @@ class StreamCache:
         self.label = label                  # "positive", "negative", "batch", ...
         self.rows = rows
         self.signature = signature          # (rows, latent shape, dtype, device); a change resets
-        self.outputs = {}                   # (block, module) -> (rows, T, D)
+        self.outputs = {}                   # (block, module) -> (rows, T, D) last computed output
+        self.older = {}                     # (block, module) -> (rows, T, D) the one before (extrapolate)
+        self.times = {}                     # (block, module) -> (rows, 2) float64 timesteps of those two
         self.lazy_run = {}                  # (block, module) -> (rows,) int64 on the host
         self.steps = 0                      # evaluations of this stream so far
         self.timesteps = []                 # per evaluation
@@ -55,6 +70,8 @@ class Call:
         # Per-row step index of its stream (host), for step-pattern policies.
         self.steps = torch.cat([torch.full((stop - start,), s.steps) for s, start, stop in segments])
         self.range_plan = None              # (start, stop, lazy) for block-range policies
+        self.plan_step = None               # index into the run's schedule, for planning policies
+        self.step_mask = None               # a per-step policy's decision for this call's rows
         state.policy.prepare(self)
         if self.range_plan is not None and self.range_plan[2]:
             key = ("range",) + tuple(self.range_plan[:2])
@@ -127,9 +144,33 @@ class Call:
         return torch.cat(parts)
 
     def _cached(self, key, z):
-        parts = [s.outputs[key] for s, _, _ in self.segments]
+        parts = []
+        for s, _, _ in self.segments:
+            out = s.outputs[key]
+            if key in s.older:
+                t1, t2 = s.times[key].unbind(1)                                  # (rows,) each
+                slope = ((self.timestep - t1) / (t1 - t2)).nan_to_num(0.0, 0.0, 0.0)   # t2 NaN: repeat
+                slope = slope.to(device=out.device, dtype=out.dtype).view(-1, 1, 1)
+                out = out + slope * (out - s.older[key])                         # (rows, T, D)
+            parts.append(out)
         out = parts[0] if len(parts) == 1 else torch.cat(parts)
         return out.to(device=z.device, dtype=z.dtype)
+
+    def _shift(self, s, key, rows, fresh):
+        """Extrapolating cache: computed rows move their last output to `older` and keep `fresh`; lazy rows
+        keep both (their slice of `fresh` is an extrapolation, not an output)."""
+        old = s.outputs.get(key)
+        times = s.times.get(key)
+        now = torch.full((len(rows),), self.timestep, dtype=torch.float64)
+        if old is None:
+            s.outputs[key] = fresh
+            s.times[key] = torch.stack([now, torch.full_like(now, float("nan"))], 1)
+            return
+        keep = rows.to(fresh.device).view(-1, 1, 1)
+        older = s.older.get(key, old)
+        s.older[key] = torch.where(keep, old, older)
+        s.outputs[key] = fresh if bool(rows.all()) else torch.where(keep, fresh, old)
+        s.times[key] = torch.where(rows[:, None], torch.stack([now, times[:, 0]], 1), times)
 
     def _store(self, key, out, compute):
         # `out` holds the cache for lazy rows and fresh values for the others, so a segment with any
@@ -144,7 +185,10 @@ class Call:
                 fresh = out[start:stop].detach()
                 if opts.dtype is not None or opts.device is not None:
                     fresh = fresh.to(device=opts.device or fresh.device, dtype=opts.dtype or fresh.dtype)
-                s.outputs[key] = fresh
+                if opts.reuse == "extrapolate":
+                    self._shift(s, key, rows, fresh)
+                else:
+                    s.outputs[key] = fresh
             previous = s.lazy_run.get(key, torch.zeros(stop - start, dtype=torch.long))
             s.lazy_run[key] = torch.where(rows, 0, previous + 1)
             s.lazy[-1][key] = int((~rows).sum())
@@ -153,8 +197,11 @@ class Call:
 class RunState:
     """Everything one sampling run keeps: the policy, the streams' caches and the run's statistics."""
 
-    def __init__(self, policy: Policy, options: CacheOptions = CacheOptions()):
+    def __init__(self, policy: Policy, options: CacheOptions = CacheOptions(), timesteps=None):
+        """timesteps: the run's schedule (diffusion timesteps in sampling order), if known in advance."""
         self.policy = policy
+        if timesteps is not None:
+            policy.plan(list(timesteps))
         self.options = options
         self.streams = {}               # stream key -> StreamCache
         self.call = None                # the Call in progress, read by the block adapters
@@ -199,6 +246,8 @@ class RunState:
         self.seconds = time.perf_counter() - self.started
         for stream in self.streams.values():
             stream.outputs.clear()
+            stream.older.clear()
+            stream.times.clear()
             stream.lazy_run.clear()
         self._attachments.clear()
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from . import fashion
 from .classifier import FashionClassifier, evaluate
-from .diffusion import GaussianDiffusion
+from .diffusion import GaussianDiffusion, space_timesteps
 from .metrics import frechet_distance, gaussian_stats, psnr, ssim
 from .run import LazyRun
 
@@ -25,18 +25,25 @@ class Sampled:
     seconds: float
     lazy_ratio: float
     macs: float                   # attention + MLP MACs actually computed, per image (cond + uncond rows)
+    lazy_map: torch.Tensor = None     # (steps, depth, 2) share of rows lazy, over all streams and images
 
 
 class Evaluator:
     """Fixed labels and noise for every method, and the test split's feature statistics."""
 
-    def __init__(self, model, classifier_path, per_class=30, seed=0, batch=100):
+    def __init__(self, model, classifier_path, per_class=30, seed=0, batch=100, seeds=None):
+        """seeds: several noise seeds, `per_class` images per class each, scored together and per seed."""
         self.model = model
         self.classifier = FashionClassifier.load(classifier_path)
-        g = torch.Generator().manual_seed(seed)
-        self.labels = torch.arange(10).repeat_interleave(per_class)
+        self.seeds = list(seeds) if seeds else [seed]
         c = model.config
-        self.noise = torch.randn(len(self.labels), c.in_channels, c.input_size, c.input_size, generator=g)
+        labels, noise = [], []
+        for s in self.seeds:
+            g = torch.Generator().manual_seed(s)
+            labels.append(torch.arange(10).repeat_interleave(per_class))
+            noise.append(torch.randn(len(labels[-1]), c.in_channels, c.input_size, c.input_size, generator=g))
+        self.labels, self.noise = torch.cat(labels), torch.cat(noise)
+        self.group = len(labels[0])                 # images per seed
         self.batch = batch
         images, labels = fashion.load("test")
         test = torch.from_numpy(fashion.to_grey32(images))
@@ -47,21 +54,27 @@ class Evaluator:
     def sample(self, steps, cfg, policy=None, options=None):
         """Samples every label with DDIM; with a policy, lazily (one LazyRun per batch)."""
         outs, ratio_sum, macs_saved, t0 = [], 0.0, 0.0, time.perf_counter()
+        lazy_map = None
         for i in range(0, len(self.labels), self.batch):
             noise, y = self.noise[i:i + self.batch], self.labels[i:i + self.batch]
             if policy is None:
                 z = self.diffusion.ddim_sample(self.model, noise, y, steps, cfg, null_label=10)
             else:
                 kw = {} if options is None else {"options": options}
-                with LazyRun(self.model, policy, **kw) as run:
+                streams = ("positive", "negative") if cfg != 1 else None
+                with LazyRun(self.model, policy, streams=streams, timesteps=space_timesteps(steps)[::-1], **kw) as run:
                     z = self.diffusion.ddim_sample(run, noise, y, steps, cfg, null_label=10)
                 ratio_sum += run.report["ratio"] * len(y)
                 macs_saved += run.report["macs_saved"]
+                maps = [st["ratio_map"] * st["rows"] for st in run.report["streams"]]     # (depth, 2, steps)
+                part = torch.stack(maps).sum(0).permute(2, 0, 1) / (2 * len(y))             # (steps, depth, 2)
+                lazy_map = part * len(y) if lazy_map is None else lazy_map + part * len(y)
             outs.append(latents_to_grey(z))
         seconds = time.perf_counter() - t0
         n = len(self.labels)
         full = self.full_macs(steps, cfg)
-        return Sampled(torch.cat(outs), seconds, ratio_sum / n, full - macs_saved / n)
+        lazy_map = None if lazy_map is None else lazy_map / n
+        return Sampled(torch.cat(outs), seconds, ratio_sum / n, full - macs_saved / n, lazy_map)
 
     def full_macs(self, steps, cfg):
         """Attention + MLP MACs per image of an exact run (both CFG rows)."""
@@ -78,4 +91,9 @@ class Evaluator:
         if reference is not None:
             out["psnr"] = psnr(s.images, reference.images)
             out["ssim"] = ssim(s.images, reference.images)
+            if len(self.seeds) > 1:
+                per = [psnr(s.images[i:i + self.group], reference.images[i:i + self.group])
+                       for i in range(0, len(self.labels), self.group)]
+                out["psnr_seeds"] = per
+                out["psnr_sd"] = float(torch.tensor(per).std())
         return out

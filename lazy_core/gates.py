@@ -1,9 +1,11 @@
 """Lazy gates (LazyDiT, Shen et al. 2025, §3.3): one linear map D -> 1 per block x module x timestep bucket.
 
-score = sigmoid(<pool_tokens(Z), w>), where Z is the adaLN-modulated input of the module. A module computes
-iff score >= threshold (the reference code's convention: high score = compute). The paper pools by summing
-over tokens, which ties the weights to one resolution; "mean" is this project's resolution-robust variant.
-Every file records its pooling, the timesteps its buckets were trained at and the architecture it fits.
+score = sigmoid(<pool_tokens(Z), w> + bias), where Z is the adaLN-modulated input of the module. A module
+computes iff score >= threshold (the reference code's convention: high score = compute). The paper pools by
+summing over tokens, which ties the weights to one resolution; "mean" is this project's resolution-robust
+variant. The paper's gates have no bias; a bias (format version 2) carries a per-bucket prior, and a bank
+whose weights are all zero is a schedule: its decisions depend on the timestep only. Every file records its
+pooling, the timesteps its buckets were trained at, the architecture it fits and a calibration table.
 """
 
 import argparse
@@ -21,8 +23,10 @@ from .diffusion import space_timesteps
 MODULES = ("attn", "mlp")
 ATTN, MLP = 0, 1
 POOLINGS = ("mean", "sum")
+SCORES = ("probability", "log-cost")
+GRANULARITIES = ("module", "step")
 FORMAT = "lazydit-gates"
-VERSION = 1
+VERSION = 2
 
 
 class GateFileError(ValueError):
@@ -42,6 +46,13 @@ class GateInfo:
     calibration: list = field(default_factory=list)   # [[threshold, measured lazy ratio], ...]
     recipe: dict = field(default_factory=dict)
     source_model: str = ""             # sha256 of the model the gates were trained on, if known
+    # What a logit means. "probability": the paper's compute-probability, compute iff sigmoid >= threshold.
+    # "log-cost": the log of what being lazy there costs the final image; a run spends its lazy budget
+    # where that cost is lowest (policies.LearnedGates plans it), and calibration rows are [log λ, ratio].
+    score: str = "probability"
+    # "module": every gate decides for its own module (the paper). "step": the step's first gate (block 0,
+    # attention) decides for every module of its image at that step, for costs measured per whole step.
+    granularity: str = "module"
 
     def to_metadata(self):
         meta = {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in vars(self).items()}
@@ -59,24 +70,40 @@ class GateInfo:
             return cls(architecture=meta["architecture"], depth=int(meta["depth"]), width=int(meta["width"]),
                        timesteps=json.loads(meta["timesteps"]), pooling=meta.get("pooling", "mean"),
                        tokens=int(meta.get("tokens", 0)), calibration=json.loads(meta.get("calibration", "[]")),
-                       recipe=json.loads(meta.get("recipe", "{}")), source_model=meta.get("source_model", ""))
+                       recipe=json.loads(meta.get("recipe", "{}")), source_model=meta.get("source_model", ""),
+                       score=meta.get("score", "probability"), granularity=meta.get("granularity", "module"))
         except (KeyError, ValueError) as err:
             raise GateFileError(f"{name}: metadata is incomplete or corrupt ({err!r})") from err
 
 
 class GateBank(nn.Module):
-    """All gates of one model: weight (depth, 2 modules, buckets, D) and which buckets were trained."""
+    """All gates of one model: weight (depth, 2 modules, buckets, D), bias (depth, 2, buckets) and which
+    buckets were trained."""
 
-    def __init__(self, info: GateInfo, weight=None, trained=None):
+    def __init__(self, info: GateInfo, weight=None, trained=None, bias=None, prior=None):
         super().__init__()
         if info.pooling not in POOLINGS:
             raise GateFileError(f"unknown pooling {info.pooling!r}; expected one of {POOLINGS}")
+        if info.score not in SCORES:
+            raise GateFileError(f"unknown gate score {info.score!r}; expected one of {SCORES}: update the node pack")
+        if info.granularity not in GRANULARITIES:
+            raise GateFileError(f"unknown gate granularity {info.granularity!r}; expected one of {GRANULARITIES}: "
+                                f"update the node pack")
         shape = (info.depth, len(MODULES), len(info.timesteps), info.width)
         self.info = info
         # Zero init: every score starts at sigmoid(0) = 0.5 (the reference code's initialisation).
         self.weight = nn.Parameter(torch.zeros(shape) if weight is None else weight.float().clone())
         if tuple(self.weight.shape) != shape:
             raise GateFileError(f"gate weight has shape {tuple(self.weight.shape)}, metadata says {shape}")
+        self.bias = nn.Parameter(torch.zeros(shape[:3]) if bias is None else bias.float().clone(),
+                                 requires_grad=False)
+        if tuple(self.bias.shape) != shape[:3]:
+            raise GateFileError(f"gate bias has shape {tuple(self.bias.shape)}, metadata says {shape[:3]}")
+        # Log-cost gates: the expected logit per bucket over images (what a run plans with); else the bias.
+        prior = self.bias.detach() if prior is None else prior.float()
+        if tuple(prior.shape) != shape[:3]:
+            raise GateFileError(f"gate prior has shape {tuple(prior.shape)}, metadata says {shape[:3]}")
+        self.register_buffer("prior", prior.clone(), persistent=False)
         trained = torch.ones(shape[:3], dtype=torch.bool) if trained is None else trained.bool()
         self.register_buffer("trained", trained, persistent=False)
         self._timesteps = torch.tensor(info.timesteps, dtype=torch.float32)
@@ -90,11 +117,25 @@ class GateBank(nn.Module):
         i = int(dist.argmin())
         return i if float(dist[i]) <= self.radius else None
 
-    def score(self, block, module, bucket, z):
-        """Compute-probability per row: sigmoid(<pool(z), w>) for z (rows, T, D) -> (rows,)."""
+    @property
+    def static(self):
+        """True when no gate reads its input: decisions depend on the timestep bucket only (one host sync;
+        a policy reads it once per run)."""
+        return not bool(self.weight.detach().any())
+
+    def logit(self, block, module, bucket, z, static=False):
+        """Gate logit per row: <pool(z), w> + bias for z (rows, T, D) -> (rows,) float32. static=True skips
+        the input term of a bank known to have none."""
+        b = self.bias[block, module, bucket].to(device=z.device, dtype=torch.float32)
+        if static:
+            return b.expand(z.shape[0])
         w = self.weight[block, module, bucket].to(device=z.device, dtype=torch.float32)   # (D,)
         pooled = z.float().mean(dim=1) if self.info.pooling == "mean" else z.float().sum(dim=1)  # (rows, D)
-        return torch.sigmoid(pooled @ w)
+        return pooled @ w + b
+
+    def score(self, block, module, bucket, z):
+        """Compute-probability per row: sigmoid(<pool(z), w> + bias) for z (rows, T, D) -> (rows,)."""
+        return torch.sigmoid(self.logit(block, module, bucket, z))
 
     def check_fits(self, architecture, depth, width, name="these gates"):
         """Raises GateFileError unless the gates were made for this architecture, depth and width."""
@@ -105,13 +146,17 @@ class GateBank(nn.Module):
                 f"{architecture} with depth {depth} / width {width}: load gates trained for this model, "
                 f"or train new ones with the LazyDiT gate trainer")
 
+    def _table(self):
+        table = sorted(self.info.calibration)
+        if table and table[0][0] > 0 and self.info.score == "probability":
+            table.insert(0, [0.0, 0.0])          # threshold 0: every score passes, nothing is lazy
+        return table
+
     def expected_ratio(self, threshold):
         """Lazy ratio the calibration table predicts at a threshold (linear interpolation), or None."""
-        table = sorted(self.info.calibration)
+        table = self._table()
         if not table:
             return None
-        if table[0][0] > 0:
-            table.insert(0, [0.0, 0.0])          # threshold 0: every score passes, nothing is lazy
         if threshold <= table[0][0]:
             return table[0][1]
         for (t0, r0), (t1, r1) in zip(table, table[1:]):
@@ -119,8 +164,28 @@ class GateBank(nn.Module):
                 return r0 + (r1 - r0) * (threshold - t0) / max(t1 - t0, 1e-12)
         return table[-1][1]
 
+    def threshold_for(self, laziness):
+        """The decision threshold (log λ for log-cost gates) at which the slider's laziness L in [0, 1] is
+        met: the calibrated lazy ratio is L times the most these gates allow (the table's last row), so
+        the slider spans 0 to the maximum evenly. Without a table the threshold is the laziness itself."""
+        laziness = min(max(float(laziness), 0.0), 1.0)
+        table = self._table()
+        if not table:
+            return laziness
+        if laziness >= 1.0:
+            return float(table[-1][0])
+        target = laziness * table[-1][1]
+        best = table[-1][0]
+        for (t0, r0), (t1, r1) in zip(table, table[1:]):
+            if r1 >= target:
+                best = t0 if r1 <= r0 else t0 + (t1 - t0) * (target - r0) / (r1 - r0)
+                break
+        return float(min(max(best, 0.0), 1.0)) if self.info.score == "probability" else float(best)
+
     def save(self, path):
         save_file({"weight": self.weight.detach().float().contiguous(),
+                   "bias": self.bias.detach().float().contiguous(),
+                   "prior": self.prior.float().contiguous(),
                    "trained": self.trained.to(torch.uint8).contiguous()}, path, metadata=self.info.to_metadata())
 
     @classmethod
@@ -138,7 +203,8 @@ class GateBank(nn.Module):
         missing = {"weight", "trained"} - set(tensors)
         if missing:
             raise GateFileError(f"{name} lacks tensors {sorted(missing)}: not a complete LazyDiT gate file")
-        return cls(info, tensors["weight"], tensors["trained"])
+        # Version 1 files have neither bias nor prior.
+        return cls(info, tensors["weight"], tensors["trained"], tensors.get("bias"), tensors.get("prior"))
 
 
 #################################################################################

@@ -5,8 +5,20 @@ the model or the cache; the engine adds the rules every policy shares (a row's f
 at most `max_lazy_steps` lazy steps in a row) and does the caching.
 """
 
+import torch
 
 from .gates import GateBank
+
+
+def tie_rows(call, values):
+    """One value per image: in a call laid out as several streams of equal rows (cond and uncond of the
+    same images, as ComfyUI batches them), row i of every stream gets the mean over the streams' rows i.
+    The guided output of an image needs both, so its cond and uncond rows decide together."""
+    segments = call.segments
+    n = segments[0][2] - segments[0][1]
+    if len(segments) < 2 or any(stop - start != n for _, start, stop in segments):
+        return values
+    return values.view(len(segments), n).mean(0).repeat(len(segments))
 
 
 class Policy:
@@ -14,6 +26,9 @@ class Policy:
 
     name = "never"
     lazy_possible = False     # False: the engine neither evaluates decisions nor stores outputs
+
+    def plan(self, timesteps):
+        """Per-run set-up from the run's schedule (diffusion timesteps in sampling order), when known."""
 
     def prepare(self, call):
         """Per-call set-up (timestep -> bucket, ...); may set call.note to explain an all-compute call."""
@@ -27,7 +42,17 @@ class NeverLazy(Policy):
 
 
 class LearnedGates(Policy):
-    """LazyDiT: a row computes a module iff its gate's score >= threshold (Shen et al. 2025, §3.3)."""
+    """LazyDiT gates; the cond and uncond rows of an image decide together on their mean logit (tie_rows).
+
+    Probability gates (the paper, §3.3): an image computes a module iff sigmoid(logit) >= threshold.
+    Log-cost gates (lazy_core.sensitivity): the logit predicts what being lazy costs the final image, and
+    `threshold` is log λ, the price of one module evaluation. Knowing the run's schedule, the policy
+    spends laziness where it is worth most: with at most one lazy step in a row, the best lazy set for a
+    module is a maximum-weight set of non-adjacent steps, weights λ - cost. Solved backwards over the
+    schedule's expected costs (the prior), F[k] = max(F[k+1], λ - cost[k] + F[k+2]), and being lazy at k
+    pays iff the image's own cost there is at most λ - (F[k+1] - F[k+2]): a per-step threshold, so every
+    decision stays one comparison. A schedule (no input weights) thus gets the optimal static plan, and
+    learned gates move it per image. Without a known schedule: lazy iff cost <= λ."""
 
     name = "lazydit"
     lazy_possible = True
@@ -35,16 +60,91 @@ class LearnedGates(Policy):
     def __init__(self, gates: GateBank, threshold: float):
         self.gates = gates
         self.threshold = float(threshold)
+        self.trained = gates.trained.cpu()           # read per module: keep it on the host
+        self.static = gates.static
+        self.cost = gates.info.score == "log-cost"
+        self.per_step = gates.info.granularity == "step"
+        self.limits = None                           # (timesteps (S,), log thresholds (S, depth, 2))
+
+    def plan(self, timesteps):
+        if not self.cost or not len(timesteps):
+            return
+        lam = float(torch.tensor(self.threshold).exp())
+        buckets = [self.gates.bucket(t) for t in timesteps]
+        prior = self.gates.prior.float().cpu()                               # (depth, 2, buckets)
+        cost = torch.stack([prior[:, :, b].exp() if b is not None else torch.full(prior.shape[:2], float("inf"))
+                            for b in buckets])                               # (S, depth, 2)
+        cost[0] = float("inf")                                               # a run's first step computes
+        S = len(timesteps)
+        F = torch.zeros(S + 2, *cost.shape[1:])
+        for k in range(S - 1, -1, -1):
+            F[k] = torch.maximum(F[k + 1], lam - cost[k] + F[k + 2])
+        limit = lam - (F[1:S + 1] - F[2:S + 2])                             # (S, depth, 2)
+        self.limits = (torch.tensor([float(t) for t in timesteps]), limit.clamp_min(1e-30).log())
 
     def prepare(self, call):
         call.bucket = self.gates.bucket(call.timestep)
         if call.bucket is None:
             call.note = f"no trained gate near t={call.timestep:.0f}"
+        elif self.limits is not None:
+            ts, _ = self.limits
+            call.plan_step = int((ts - call.timestep).abs().argmin())
 
     def compute_mask(self, call, block, module, z):
-        if call.bucket is None or not bool(self.gates.trained[block, module, call.bucket]):
+        if call.bucket is None or not bool(self.trained[block, module, call.bucket]):
             return None
-        return self.gates.score(block, module, call.bucket, z) >= self.threshold
+        if self.per_step:
+            if (block, module) != (0, 0):
+                return call.step_mask                # the step's first gate decided for its image
+            call.step_mask = self._decide(call, 0, 0, z)
+            return call.step_mask
+        return self._decide(call, block, module, z)
+
+    def _decide(self, call, block, module, z):
+        logit = self.gates.logit(block, module, call.bucket, z, self.static)
+        if not self.static:
+            logit = tie_rows(call, logit)
+        if not self.cost:
+            return torch.sigmoid(logit) >= self.threshold
+        limit = self.threshold if self.limits is None else float(self.limits[1][call.plan_step, block, module])
+        return logit > limit
+
+
+class RandomLazy(Policy):
+    """Baseline: each image is lazy with probability p wherever the engine allows (cond and uncond rows
+    together). With max_lazy_steps 1, p = r / (1 - r) gives a lazy ratio r over a long run."""
+
+    name = "random"
+    lazy_possible = True
+
+    def __init__(self, ratio: float, seed: int = 0):
+        if not 0 <= ratio < 0.5:
+            raise ValueError(f"random lazy ratio must be in [0, 0.5), got {ratio}")
+        self.p = ratio / (1 - ratio)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def compute_mask(self, call, block, module, z):
+        seg = call.segments[0]
+        n = seg[2] - seg[1]
+        same = all(stop - start == n for _, start, stop in call.segments)
+        draw = torch.rand(n if same else call.rows, generator=self.generator) >= self.p
+        return draw.repeat(len(call.segments)) if same else draw
+
+
+class StaticMask(Policy):
+    """Baseline: the same lazy set for every image, lazy[step, block, module] by the stream's step index
+    (e.g. the majority decision of learned gates at each step)."""
+
+    name = "static"
+    lazy_possible = True
+
+    def __init__(self, lazy):
+        self.lazy = torch.as_tensor(lazy, dtype=torch.bool).cpu()         # (steps, depth, 2)
+
+    def compute_mask(self, call, block, module, z):
+        steps = call.steps.clamp(max=len(self.lazy) - 1)
+        lazy = self.lazy[steps, block, module] & (call.steps < len(self.lazy))
+        return ~lazy
 
 
 class Fora(Policy):

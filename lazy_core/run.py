@@ -16,8 +16,13 @@ class LazyRun:
     streams, so each keeps its own cache, as the ComfyUI hook keys them by cond uuid.
     """
 
-    def __init__(self, model, policy, options=CacheOptions(), forward=None):
+    def __init__(self, model, policy, options=CacheOptions(), forward=None, streams=None, timesteps=None):
+        """streams: names that split every call's rows evenly (e.g. ("positive", "negative") for a
+        [cond; uncond] batch), laid out as ComfyUI lays out a batched cond and uncond. timesteps: the
+        run's schedule, for policies that plan (log-cost gates)."""
         self.model = model
+        self.timesteps = timesteps
+        self.streams = streams
         self.policy = policy
         self.options = options
         # The base forward (all channels), also for host subclasses whose own forward serves the host.
@@ -26,12 +31,13 @@ class LazyRun:
         self.report = None
 
     def __enter__(self):
-        self.state = RunState(self.policy, self.options)
+        self.state = RunState(self.policy, self.options, self.timesteps)
         self._handle = self.state.attach(self.model)
         return self
 
     def __call__(self, x, t, cond, stream="batch"):
-        self.state.begin_call([stream], [stream], x.shape[0], x, float(t[0]))
+        keys = list(self.streams) if self.streams else [stream]
+        self.state.begin_call(keys, keys, x.shape[0] // len(keys), x, float(t[0]))
         try:
             return self.forward(x, t, cond)
         finally:
