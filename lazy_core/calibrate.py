@@ -14,22 +14,29 @@ import logging
 import torch
 
 from .denoisers import as_denoiser
-from .diffusion import GaussianDiffusion, parse_step_counts
+from .diffusion import GaussianDiffusion, parse_step_counts, space_timesteps
+from .engine import CacheOptions
 from .policies import LearnedGates
 from .run import LazyRun
 
 log = logging.getLogger(__name__)
 
-# The slider's whole range: 0 itself is exact by definition; 1.0 is "lazy wherever the engine allows".
-THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+# The threshold's whole range: 0 itself is exact by definition; 1.0 is "lazy wherever the engine allows".
+# Denser at the ends, where the slider's 0.1 and 0.9 land.
+THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0)
 
 
 @torch.no_grad()
-def calibrate(model, gates, step_counts=(10, 20, 30, 50), thresholds=THRESHOLDS, rows=8, cfg_scale=4.0, seed=0):
+def calibrate(model, gates, step_counts=(10, 20, 50), thresholds=THRESHOLDS, rows=8, cfg_scale=4.0, seed=0):
     """Returns (table [[threshold, mean ratio]], per_steps {steps: [[threshold, ratio]]}).
 
-    model: a DiT, or a denoiser (lazy_core.denoisers) for other models."""
+    model: a DiT, or a denoiser (lazy_core.denoisers) for other models. A schedule (gates that read no
+    input) decides the same for every image, so one image measures it exactly."""
     den = as_denoiser(model)
+    rows = 1 if gates.static else rows
+    options = CacheOptions(reuse=gates.info.recipe.get("reuse", "repeat"))      # as the costs were measured
+    if gates.info.score == "log-cost" and thresholds is THRESHOLDS:
+        thresholds = cost_grid(gates, 64 if gates.static else 16)     # a schedule costs one image a run
     g = torch.Generator().manual_seed(seed)
     cond = den.draw(rows, g)
     noise = torch.randn(rows, *den.latent, generator=g).to(den.device)
@@ -38,12 +45,23 @@ def calibrate(model, gates, step_counts=(10, 20, 30, 50), thresholds=THRESHOLDS,
     for n in step_counts:
         per_steps[n] = []
         for thr in thresholds:
-            with LazyRun(den.model, LearnedGates(gates, thr), forward=den.forward) as run:
+            with LazyRun(den.model, LearnedGates(gates, thr), options, forward=den.forward,
+                         streams=den.run_streams(cfg_scale), timesteps=space_timesteps(n)[::-1]) as run:
                 diffusion.ddim_loop(den.eps_fn(run, cond, cfg_scale), noise, n)
             per_steps[n].append([thr, round(run.report["ratio"], 4)])
     table = [[thr, round(sum(per_steps[n][i][1] for n in step_counts) / len(step_counts), 4)]
              for i, thr in enumerate(thresholds)]
     return table, per_steps
+
+
+def cost_grid(gates, points=16):
+    """log λ values for a log-cost bank's table: from below its cheapest expected cost (nothing lazy) to
+    above its dearest (lazy wherever allowed), half spread evenly and half at the costs' quantiles."""
+    logc = gates.prior.float().flatten()
+    lo, hi = float(logc.min()) - 2, float(logc.max()) + 2
+    q = torch.quantile(logc, torch.linspace(0, 1, points // 2))
+    grid = {round(float(v), 4) for v in [*q.tolist(), *torch.linspace(lo, hi, points - points // 2).tolist()]}
+    return sorted(grid)
 
 
 def file_sha256(path):
@@ -81,7 +99,7 @@ def parser():
     p.add_argument("--model", required=True, help="the DiT the gates belong to")
     p.add_argument("--gates", required=True, help="gate file; rewritten in place unless --out is given")
     p.add_argument("--out", default=None)
-    p.add_argument("--step-counts", default="10,15,20,25,30,40,50")
+    p.add_argument("--step-counts", default="10,20,50")
     p.add_argument("--threads", type=int, default=2)
     return p
 

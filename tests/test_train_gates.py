@@ -28,7 +28,8 @@ def tiny_model():
 
 def args_for(*extra):
     return tg.parser().parse_args(["--model", "-", "--out", "-", "--iters", "60", "--batch", "16", "--pool", "16",
-                                   "--step-counts", "10,20", "--buckets", "5", "--threads", "1", *extra])
+                                   "--step-counts", "10,20", "--buckets", "5", "--threads", "1",
+                                   "--objective", "local", *extra])
 
 
 def fixed_batch_mse(model, gates):
@@ -75,6 +76,25 @@ def test_real_data_source():
     assert fixed_batch_mse(model, gates) < 0.5 * fixed_batch_mse(model, GateBank(gates.info))
 
 
+def test_sensitivity_cli_writes_calibrated_log_cost_gates(model_file, tmp_path):
+    """The default objective from the command line: a log-cost gate file with its measured R^2, training
+    time and a calibration table that rises to the engine's limit; refused under torchrun."""
+    out = tmp_path / "sens.safetensors"
+    cmd = [sys.executable, "-m", "lazydit.lazy_core.train_gates", "--model", str(model_file), "--out", str(out),
+           "--images", "6", "--measure-steps", "8", "--buckets", "5", "--threads", "1", "--calibrate", "8"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    gates = GateBank.load(out)
+    assert gates.info.score == "log-cost" and gates.info.recipe["objective"] == "sensitivity"
+    assert "r2_holdout_mean" in gates.info.recipe and gates.info.recipe["train_seconds"] > 0
+    ratios = [r for _, r in gates.info.calibration]
+    assert ratios[0] == 0.0 and ratios == sorted(ratios) and ratios[-1] >= 0.4, gates.info.calibration
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    done = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", *cmd[1:]], capture_output=True,
+                          text=True, timeout=300, cwd=str(tmp_path))
+    assert done.returncode != 0 and "--objective sensitivity runs on one process" in done.stderr
+
+
 @pytest.fixture()
 def model_file(tmp_path):
     path = tmp_path / "tiny.safetensors"
@@ -86,7 +106,7 @@ def model_file(tmp_path):
 def run_cli(launcher, model_file, out):
     cmd = [*launcher, "-m", "lazydit.lazy_core.train_gates", "--model", str(model_file), "--out", str(out),
            "--iters", "20", "--batch", "8", "--pool", "16", "--step-counts", "10", "--buckets", "5", "--threads", "1",
-           "--calibrate", ""]
+           "--calibrate", "", "--objective", "local"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=str(out.parent))
     assert done.returncode == 0, done.stderr[-3000:]

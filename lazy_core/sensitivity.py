@@ -1,0 +1,329 @@
+"""What a lazy module costs the final image, measured on the model's own sampling trajectories.
+
+The paper's gate loss is local: the MSE of each module's output at each step, every step weighted alike.
+But an error early in sampling moves the final image far more than the same error late (on the demo
+model about 200x more from the first DDIM-20 steps to the last), so a local loss spends laziness where it
+hurts most. Here the cost of making module m of block b lazy at step k, for image i, is measured as
+
+    cost_i(k, b, m) = gain_i(k) * |Δeps_i(k, b, m)|^2
+
+Δeps is the change of the guided eps when that one module (in the cond and uncond rows of the image
+together) reuses its output from step k-1, and gain_i(k) the final image's squared change per unit of
+squared eps change at step k, measured by running the rest of the trajectory from a perturbed step whose
+perturbation is a lazy one (all modules reused at k). First order: costs of several lazy modules add.
+
+Two policies come from the costs, both as "log-cost" gate banks for the same LearnedGates policy, which
+plans each run's lazy budget over its schedule (see policies.LearnedGates):
+  schedule_bank   training-free: the expected log cost per (bucket, block, module), no input dependence;
+  fit_gates       learned: the same prior plus a linear map of the module's pooled input (ridge regression
+                  of each image's log cost), so an image is lazy where it is cheap for that image.
+"""
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .adapters import Attachment, describe
+from .denoisers import as_denoiser
+from .diffusion import GaussianDiffusion, space_timesteps
+from .gates import MODULES, GateBank, GateInfo
+
+EPS = 1e-20
+
+
+@dataclass
+class Costs:
+    """Measured lazy costs along one step count's exact trajectories."""
+
+    timesteps: list               # sampling order (descending), length = steps
+    cost: torch.Tensor            # (steps, depth, 2, images) final-image squared error; step 0: inf
+    features: torch.Tensor        # (steps, depth, 2, images, D) pooled module input, mean over the image's rows
+    gain: torch.Tensor            # (steps, images) final-image change per unit eps change
+    step_cost: torch.Tensor = None   # (steps, images) final-image squared error of the whole step lazy
+    coherent: torch.Tensor = None    # (steps, images) |sum of module Δeps|^2 / sum of |Δeps|^2
+    seconds: float = 0.0
+    reuse: str = "extrapolate"       # how a lazy module reused its output (engine.CacheOptions.reuse)
+
+
+class _Holder:
+    """The run state the adapters read: the current call."""
+
+    call = None
+    blocks = ()
+
+
+class _Calls:
+    """Per model call within one guided eps evaluation: record outputs and pooled inputs, or replay the
+    previous step's outputs for the lazy modules."""
+
+    def __init__(self, row_images, images, pooling, previous=None, lazy=(), older=None, slope=0.0):
+        self.row_images = row_images           # per call: (rows,) image index of each row
+        self.images = images
+        self.pooling = pooling
+        self.previous = previous               # per call: {(block, module): (rows, T, D)} from step k-1
+        self.older = older                     # the same from step k-2, to extrapolate (or None: repeat)
+        self.slope = slope
+        self.lazy = set(lazy)
+        self.index = -1
+        self.outputs = []                      # per call: {(block, module): (rows, T, D)}
+        self.features = {}                     # (block, module) -> (images, D) summed pooled inputs
+        self.counts = torch.zeros(images)
+
+    def next_call(self):
+        self.index += 1
+        self.outputs.append({})
+        self.counts += torch.bincount(self.row_images[self.index], minlength=self.images).float()
+
+    def block(self, index, forward, x, *args, **kwargs):
+        return forward(x, *args, **kwargs)
+
+    def run(self, block, module, fn, z):
+        key = (block, module)
+        if self.previous is None:                              # record: exact step
+            rows = self.row_images[self.index].to(z.device)
+            pooled = z.float().mean(1) if self.pooling == "mean" else z.float().sum(1)   # (rows, D)
+            acc = self.features.setdefault(key, torch.zeros(self.images, z.shape[-1], device=z.device))
+            acc.index_add_(0, rows, pooled)
+        if key in self.lazy:
+            last = self.previous[self.index][key]
+            return last if self.older is None else last + self.slope * (last - self.older[self.index][key])
+        out = fn(z)
+        if self.previous is None:
+            self.outputs[self.index][key] = out
+        return out
+
+    def pooled(self):
+        """{(block, module): (images, D)} mean pooled input over each image's rows."""
+        return {k: (v / self.counts.to(v.device)[:, None]).cpu() for k, v in self.features.items()}
+
+
+@torch.no_grad()
+def measure(model, steps=20, images=16, cfg_scale=4.0, seed=0, pooling="mean", on_progress=None, reuse="extrapolate"):
+    """Costs of every (step, block, module) for `images` trajectories of `steps` DDIM steps with guidance,
+    where a lazy module reuses its output as the engine's `reuse` option does (engine.CacheOptions).
+
+    model: a DiT or a denoiser. Model calls: 2 * steps + steps * (steps - 1) / 2 + 2 * depth * (steps - 1),
+    each over the guided batch (458 for DDIM 20). on_progress(done, total) reports them."""
+    t0 = time.perf_counter()
+    den = as_denoiser(model)
+    _, depth, width = describe(den.model)
+    keys = [(b, m) for b in range(depth) for m in range(len(MODULES))]
+    diffusion = GaussianDiffusion()
+    acp = torch.as_tensor(diffusion.alphas_cumprod, dtype=torch.float64)
+    ts = space_timesteps(steps)[::-1]
+    g = torch.Generator().manual_seed(seed)
+    cond = den.draw(images, g)
+    x = torch.randn(images, *den.latent, generator=g).to(den.device)
+    row_images = den.row_images(cond, cfg_scale)
+    total = 2 * steps + steps * (steps - 1) // 2 + len(keys) * (steps - 1)
+    done = [0]
+
+    holder = _Holder()
+    handle = Attachment(den.model, holder).attach()
+
+    def forward(xx, tt, cc, stream=None):
+        holder.call.next_call()
+        return den.forward(xx, tt, cc)
+
+    def eps_with(calls, xx, k):
+        holder.call = calls
+        tt = torch.full((images,), ts[k], device=xx.device, dtype=torch.long)
+        eps = den.eps_fn(forward, cond, cfg_scale)(xx, tt)
+        done[0] += 1
+        if on_progress is not None:
+            on_progress(done[0], total)
+        return eps
+
+    def step(xx, k, eps):
+        """One DDIM step (eta 0) from evaluation k."""
+        a = float(acp[ts[k]])
+        a_next = float(acp[ts[k + 1]]) if k + 1 < steps else 1.0
+        x0 = (xx - math.sqrt(1 - a) * eps) / math.sqrt(a)
+        return math.sqrt(a_next) * x0 + math.sqrt(1 - a_next) * eps
+
+    def norm2(v):
+        return v.float().pow(2).flatten(1).sum(1).cpu()                     # (images,)
+
+    cost = torch.full((steps, depth, len(MODULES), images), float("inf"))
+    features = torch.zeros(steps, depth, len(MODULES), images, width)
+    states, lazy_eps, exact_eps = [], [], []
+    try:
+        # Pass 1: the exact trajectory; at each step, the eps change of each module lazy on its own.
+        previous, older, delta2 = None, None, torch.zeros(steps, depth, len(MODULES), images)
+        coherent = torch.ones(steps, images)
+        for k in range(steps):
+            rec = _Calls(row_images, images, pooling)
+            eps = eps_with(rec, x, k)
+            for (b, m), f in rec.pooled().items():
+                features[k, b, m] = f
+            if previous is not None:
+                old = older if reuse == "extrapolate" else None
+                slope = (ts[k] - ts[k - 1]) / (ts[k - 1] - ts[k - 2]) if old is not None else 0.0
+                summed = torch.zeros_like(eps)
+                for b, m in keys:
+                    lazy = eps_with(_Calls(row_images, images, pooling, previous, [(b, m)], old, slope), x, k)
+                    delta2[k, b, m] = norm2(lazy - eps)
+                    summed += lazy - eps
+                coherent[k] = norm2(summed) / delta2[k].sum((0, 1)).clamp_min(EPS)
+                lazy_eps.append(eps_with(_Calls(row_images, images, pooling, previous, keys, old, slope), x, k))
+            else:
+                lazy_eps.append(eps)
+            states.append(x)
+            exact_eps.append(eps)
+            previous, older = rec.outputs, previous
+            x = step(x, k, eps)
+        final = x
+        # Pass 2: gain of each step, from a lazy perturbation run to the end.
+        gain, step_cost = torch.zeros(steps, images), torch.full((steps, images), float("inf"))
+        for k in range(1, steps):
+            d = lazy_eps[k] - exact_eps[k]
+            xx = step(states[k], k, lazy_eps[k])
+            for j in range(k + 1, steps):
+                xx = step(xx, j, eps_with(_Calls(row_images, images, pooling), xx, j))
+            step_cost[k] = norm2(xx - final)
+            gain[k] = step_cost[k] / norm2(d).clamp_min(EPS)
+        cost[1:] = gain[1:, None, None, :] * delta2[1:]
+    finally:
+        handle.detach()
+    return Costs(list(ts), cost, features, gain, step_cost, coherent, time.perf_counter() - t0, reuse)
+
+
+#################################################################################
+#                         From costs to gate banks                              #
+#################################################################################
+
+LEVELS = ("step", "module")
+
+
+def targets(costs: Costs, level="step"):
+    """(steps-1, depth, 2, images) log costs, the gates' regression target. "step": every module of a step
+    gets the measured cost of the whole step lazy, which on the demo model plans better than the sum of
+    module costs (module errors at one step add up coherently, 2-4x their squares); "module": each
+    module's own first-order cost."""
+    if level not in LEVELS:
+        raise ValueError(f"unknown cost level {level!r}; expected one of {LEVELS}")
+    if level == "module":
+        return costs.cost[1:].clamp_min(EPS).log()
+    depth, modules = costs.cost.shape[1:3]
+    return costs.step_cost[1:, None, None, :].clamp_min(EPS).log().expand(-1, depth, modules, -1)
+
+
+def _interp_steps(values, timesteps, buckets):
+    """Values measured at descending `timesteps` (leading dim), linearly interpolated in t at `buckets`."""
+    t = torch.tensor(timesteps[::-1], dtype=torch.float32)             # ascending
+    v = values.flip(0)
+    out = []
+    for c in buckets:
+        i = int(torch.searchsorted(t, torch.tensor(float(c))).clamp(1, len(t) - 1))
+        w = float(((c - t[i - 1]) / (t[i] - t[i - 1])).clamp(0, 1))
+        out.append(v[i - 1] + w * (v[i] - v[i - 1]))
+    return torch.stack(out)
+
+
+def _info(model, costs, buckets, pooling, recipe, level):
+    recipe = {**recipe, "reuse": costs.reuse}
+    den = as_denoiser(model)
+    arch, depth, width = describe(den.model)
+    grid = [round(i * 999 / (buckets - 1)) for i in range(buckets)]
+    return GateInfo(arch, depth, width, grid, pooling=pooling, tokens=den.tokens, recipe=recipe, score="log-cost",
+                    granularity=level)
+
+
+def schedule_bank(model, costs: Costs, buckets=25, pooling="mean", recipe=None, level="step"):
+    """Training-free gates: logit(bucket, block, module) = the images' mean log cost there."""
+    y = targets(costs, level).mean(-1)                                  # (steps-1, depth, 2)
+    info = _info(model, costs, buckets, pooling, {"objective": "sensitivity schedule", **(recipe or {})}, level)
+    bias = _interp_steps(y, costs.timesteps[1:], info.timesteps).permute(1, 2, 0)   # (depth, 2, buckets)
+    weight = torch.zeros(info.depth, len(MODULES), buckets, info.width)
+    return GateBank(info, weight, bias=bias, prior=bias)
+
+
+def fit_gates(model, costs: Costs, buckets=25, pooling="mean", recipe=None, ridge=None, holdout=0.25, level="step"):
+    """Learned gates: per block and module, logit = bias(bucket) + <w, pooled input>, fitted by ridge
+    regression of each image's log cost on its pooled module input, with the step's mean
+    removed from both (so the bias is the schedule's score and w carries only what the input adds).
+    The ridge strength is chosen on held-out images unless given; returns (bank, fit report)."""
+    y = targets(costs, level)                                           # (S, depth, 2, images)
+    f = costs.features[1:]                                              # (S, depth, 2, images, D)
+    S, depth, M, n, D = f.shape
+    info = _info(model, costs, buckets, pooling, {"objective": "sensitivity", **(recipe or {})}, level)
+    f_mean, y_mean = f.mean(3), y.mean(3)                               # (S, depth, 2, D), (S, depth, 2)
+    fc, yc = f - f_mean[:, :, :, None], y - y_mean[:, :, :, None]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    held, fit = order[:max(1, int(holdout * n))], order[max(1, int(holdout * n)):]
+    weight = torch.zeros(depth, M, D)
+    report = {"r2_holdout": [], "ridge": []}
+    for b in range(depth):
+        for m in range(M):
+            X = fc[:, b, m].double()                                    # (S, n, D)
+            Y = yc[:, b, m].double()                                    # (S, n)
+            scale = X.flatten(0, 1).std(0).clamp_min(1e-8)              # (D,)
+            Xs = X / scale
+
+            def solve(rows, lam):
+                A = Xs[:, rows].flatten(0, 1)
+                rhs = A.T @ Y[:, rows].flatten()
+                return torch.linalg.solve(A.T @ A + lam * len(A) * torch.eye(D, dtype=A.dtype), rhs)
+
+            def r2(w, rows):
+                pred = Xs[:, rows].flatten(0, 1) @ w
+                resid = Y[:, rows].flatten() - pred
+                return 1 - float(resid.pow(2).mean() / Y[:, rows].pow(2).mean().clamp_min(1e-12))
+
+            if ridge is None:
+                grid = [10.0 ** e for e in range(-3, 3)]
+                best = max(grid, key=lambda lam: r2(solve(fit, lam), held))
+            else:
+                best = ridge
+            score = r2(solve(fit, best), held)
+            # Keep the input term only where it predicts held-out images better than the schedule alone.
+            w = solve(torch.arange(n), best) / scale if score > 0 else torch.zeros(D, dtype=torch.float64)
+            weight[b, m] = w.float()
+            report["r2_holdout"].append(round(score, 4))
+            report["ridge"].append(best)
+    t = info.timesteps
+    y_b = _interp_steps(y_mean, costs.timesteps[1:], t)                # (buckets, depth, 2)
+    f_b = _interp_steps(f_mean, costs.timesteps[1:], t)                # (buckets, depth, 2, D)
+    bias = y_b - (f_b * weight[None]).sum(-1)                          # (buckets, depth, 2)
+    bank = GateBank(info, weight[:, :, None, :].expand(depth, M, buckets, D).contiguous(),
+                    bias=bias.permute(1, 2, 0).contiguous(), prior=y_b.permute(1, 2, 0).contiguous())
+    return bank, report
+
+
+def main(argv=None):
+    """CLI: the training-free sensitivity schedule of a DiT checkpoint, calibrated, as a gate file."""
+    import argparse
+    import logging
+
+    from .calibrate import calibrate, file_sha256
+    from .diffusion import parse_step_counts
+    from .train_gates import load_model
+
+    p = argparse.ArgumentParser(prog="python -m lazydit.lazy_core.sensitivity", description=main.__doc__)
+    p.add_argument("--model", required=True, help="DiT weights (.safetensors with a config, or official layout)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--images", type=int, default=40)
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps of the measured trajectories")
+    p.add_argument("--cfg-scale", type=float, default=4.0)
+    p.add_argument("--seed", type=int, default=1000, help="held out from the benchmarks' seed 0")
+    p.add_argument("--calibrate", default="10,20,30,50")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    costs = measure(model, args.steps, args.images, args.cfg_scale, args.seed)
+    bank = schedule_bank(model, costs, recipe={"measure_steps": args.steps, "images": args.images,
+                                               "cfg_scale": args.cfg_scale, "seed": args.seed,
+                                               "measure_seconds": round(costs.seconds, 1)})
+    bank.info.calibration, per_steps = calibrate(model, bank, step_counts=parse_step_counts(args.calibrate))
+    bank.info.recipe["calibration_per_steps"] = per_steps
+    bank.info.source_model = file_sha256(args.model)
+    bank.save(args.out)
+    logging.info("measured in %.0f s; wrote %s", costs.seconds, args.out)
+
+
+if __name__ == "__main__":
+    main()
