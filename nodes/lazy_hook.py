@@ -9,6 +9,7 @@ import functools
 import logging
 
 import comfy.patcher_extension
+import torch
 from comfy.ldm.pixart.pixartms import PixArtMSBlock
 
 from ..lazy_core.adapters import PixArtBlockAdapter, describe, register_adapter
@@ -40,10 +41,23 @@ class LazySession:
         return self
 
 
+def run_timesteps(executor, args, kwargs):
+    """The run's schedule as diffusion timesteps (sampling order), from the sigmas OUTER_SAMPLE receives
+    (CFGGuider.outer_sample(noise, latent_image, sampler, sigmas, ...)); None if they cannot be read."""
+    sigmas = kwargs.get("sigmas", args[3] if len(args) > 3 else None)
+    guider = getattr(executor, "class_obj", None)
+    patcher = getattr(guider, "model_patcher", None)
+    if not isinstance(sigmas, torch.Tensor) or patcher is None:
+        return None
+    sampling = patcher.get_model_object("model_sampling")
+    live = sigmas[:-1][sigmas[:-1] > 0]
+    return [float(t) for t in sampling.timestep(live.float().cpu()).float()]
+
+
 def outer_sample(session, executor, *args, **kwargs):
     """One sampling run: a fresh RunState, freed whatever happens."""
-    previous, session.state = session.state, RunState(session.make_policy(), session.options)
-    state = session.state
+    state = RunState(session.make_policy(), session.options, run_timesteps(executor, args, kwargs))
+    previous, session.state = session.state, state
     try:
         return executor(*args, **kwargs)
     finally:

@@ -11,7 +11,7 @@ import torch
 from comfy_api.latest import io
 
 from ..lazy_core.adapters import describe
-from ..lazy_core.engine import CacheOptions
+from ..lazy_core.engine import REUSE, CacheOptions
 from ..lazy_core.gates import GateBank
 from ..lazy_core.policies import LearnedGates, NeverLazy
 from .lazy_hook import LazySession, install, session_of
@@ -21,14 +21,16 @@ log = logging.getLogger(__name__)
 
 GATES = io.Custom("LAZY_GATES")
 CATEGORY = "LazyDiT"
-TRAINED_POINT = 0.5           # the paper's threshold (Shen et al. 2025, §3.3), the gates' operating point
+DEFAULT_LAZINESS = 0.5        # half of the most laziness the gates allow
 CACHE_DTYPES = {"auto": None, "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 CACHE_DEVICES = ("auto", "cpu")
 
 
 WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
 DEMO_GATES = "dit_demo_fashion_gates.safetensors"
-BUILT_IN = {f"{DEMO_GATES} (built in)": os.path.join(WEIGHTS, DEMO_GATES)}
+# The demo model's learned gates (first: the combo's default), its sensitivity schedule, the paper's recipe.
+DEMO_FILES = (DEMO_GATES, "dit_demo_fashion_schedule.safetensors", "dit_demo_fashion_gates_local.safetensors")
+BUILT_IN = {f"{name} (built in)": os.path.join(WEIGHTS, name) for name in DEMO_FILES}
 
 
 def gate_files():
@@ -70,10 +72,11 @@ class Laziness(io.ComfyNode):
             display_name="Laziness",
             category=CATEGORY,
             description="One laziness value to drive several Apply Lazy Gates nodes. 0 = exact (never lazy); "
-                        "0.5 = the gates' trained operating point; 1 = as lazy as the gates allow.",
-            inputs=[io.Float.Input("laziness", default=TRAINED_POINT, min=0.0, max=1.0, step=0.01,
+                        "1 = as lazy as the gates allow; in between the lazy share grows evenly.",
+            inputs=[io.Float.Input("laziness", default=DEFAULT_LAZINESS, min=0.0, max=1.0, step=0.01,
                                    display_mode=io.NumberDisplay.slider,
-                                   tooltip="0 = exact, 0.5 = trained operating point, 1 = maximum.")],
+                                   tooltip="0 = exact, 1 = as lazy as the gates allow; the lazy share "
+                                           "grows evenly in between.")],
             outputs=[io.Float.Output(display_name="laziness")],
         )
 
@@ -96,10 +99,11 @@ class ApplyLazyGates(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="A DiT or PixArt model."),
                 GATES.Input("gates", tooltip="Gates trained for this model (Load Lazy Gates)."),
-                io.Float.Input("laziness", default=TRAINED_POINT, min=0.0, max=1.0, step=0.01,
+                io.Float.Input("laziness", default=DEFAULT_LAZINESS, min=0.0, max=1.0, step=0.01,
                                display_mode=io.NumberDisplay.slider,
-                               tooltip="0 = exact (never lazy); 0.5 = the gates' trained operating point; "
-                                       "1 = as lazy as the gates allow. Higher is faster and drifts more."),
+                               tooltip="0 = exact (never lazy); 1 = as lazy as the gates allow (about half "
+                                       "of the attention/MLP work); the lazy share grows evenly in between, "
+                                       "from the gates' calibration table. Higher is faster and drifts more."),
                 io.Int.Input("max_lazy_steps", default=1, min=1, max=8,
                              tooltip="Most consecutive steps a module may stay lazy. 1 is what the gates "
                                      "were trained for; more is faster but untested by training."),
@@ -109,6 +113,11 @@ class ApplyLazyGates(io.ComfyNode):
                 io.Combo.Input("cache_dtype", options=list(CACHE_DTYPES), default="auto",
                                tooltip="Precision of kept outputs: auto = as computed; float16/bfloat16 halve "
                                        "the memory of a float32 model."),
+                io.Combo.Input("reuse", options=list(REUSE), default="extrapolate", optional=True,
+                               tooltip="How a lazy module stands in for its output: extrapolate = continue the "
+                                       "line through its last two outputs to this step (much closer to the "
+                                       "exact image, twice the cache memory); repeat = its last output, as "
+                                       "in the LazyDiT paper."),
             ],
             outputs=[io.Model.Output(display_name="model"),
                      io.String.Output(display_name="expected", tooltip="Expected lazy ratio from the gates' "
@@ -116,17 +125,20 @@ class ApplyLazyGates(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, gates, laziness, max_lazy_steps, cache_device, cache_dtype):
+    def execute(cls, model, gates, laziness, max_lazy_steps, cache_device, cache_dtype, reuse="extrapolate"):
         bank = gates.model
         arch, depth, width = describe(model.model.diffusion_model)
         bank.check_fits(arch, depth, width, name="the loaded gates")
+        if reuse not in REUSE:
+            raise ValueError(f"reuse {reuse!r} is not one of {list(REUSE)}")
         options = CacheOptions(max_lazy_steps=max_lazy_steps, dtype=CACHE_DTYPES[cache_dtype],
-                               device=None if cache_device == "auto" else torch.device(cache_device))
+                               device=None if cache_device == "auto" else torch.device(cache_device), reuse=reuse)
         if laziness <= 0:
             make_policy, expected = NeverLazy, "laziness 0: exact, nothing lazy"
         else:
-            make_policy = functools.partial(LearnedGates, bank, laziness)
-            ratio = bank.expected_ratio(laziness)
+            threshold = bank.threshold_for(laziness)
+            make_policy = functools.partial(LearnedGates, bank, threshold)
+            ratio = bank.expected_ratio(threshold)
             expected = (f"laziness {laziness:.2f}: expect about {ratio:.0%} of modules lazy"
                         if ratio is not None else f"laziness {laziness:.2f}: no calibration table in these gates")
         patched = install(model, LazySession(make_policy, options, f"LazyDiT gates, laziness {laziness:.2f}"))

@@ -6,7 +6,7 @@ import torch
 from comfy_api.latest import io
 
 from ..lazy_core.adapters import describe
-from ..lazy_core.engine import CacheOptions
+from ..lazy_core.engine import REUSE, CacheOptions
 from ..lazy_core.policies import DeltaDiT, Fora
 from .lazy_hook import LazySession, install
 from .lazy_nodes import CATEGORY
@@ -70,15 +70,20 @@ class ForaNode(io.ComfyNode):
                 io.Model.Input("model", tooltip="A DiT or PixArt model."),
                 io.Int.Input("interval", default=3, min=1, max=10,
                              tooltip="Compute every N-th step (FORA's default is 3); 1 = exact."),
+                io.Combo.Input("reuse", options=list(REUSE), default="repeat", optional=True,
+                               tooltip="repeat = FORA as published; extrapolate = continue the line through "
+                                       "the last two computed outputs (closer to exact, twice the memory)."),
             ],
             outputs=[io.Model.Output(display_name="model")],
         )
 
     @classmethod
-    def execute(cls, model, interval):
+    def execute(cls, model, interval, reuse="repeat"):
         describe(model.model.diffusion_model)
-        session = LazySession(functools.partial(Fora, interval), CacheOptions(max_lazy_steps=max(1, interval - 1)),
-                              f"FORA, interval {interval}")
+        if reuse not in REUSE:
+            raise ValueError(f"reuse {reuse!r} is not one of {list(REUSE)}")
+        options = CacheOptions(max_lazy_steps=max(1, interval - 1), reuse=reuse)
+        session = LazySession(functools.partial(Fora, interval), options, f"FORA, interval {interval}, {reuse}")
         return io.NodeOutput(install(model, session))
 
 

@@ -1,4 +1,5 @@
-"""Gate training from the graph: data-free self-distillation on the loaded DiT, saved to models/lazy_gates."""
+"""Gate training from the graph, and the training-free sensitivity schedule: both measure the connected model
+on its own trajectories (no data set) and save a gate file to models/lazy_gates."""
 
 import logging
 import os
@@ -14,6 +15,7 @@ from ..lazy_core.calibrate import calibrate
 from ..lazy_core.denoisers import ContextDenoiser, LabelDenoiser
 from ..lazy_core.diffusion import parse_step_counts
 from ..lazy_core.dit import DiT
+from ..lazy_core.sensitivity import measure, schedule_bank
 from ..lazy_core.train_gates import parser, train
 from .lazy_nodes import CATEGORY, GATES
 
@@ -61,12 +63,13 @@ class TrainLazyGates(io.ComfyNode):
             display_name="Train Lazy Gates",
             category=CATEGORY,
             description="Trains lazy gates for the connected model without any data set: the model samples its "
-                        "own trajectories (with guidance) at 10-50 steps, from class labels (DiT) or from the "
-                        "prompts in `positive` with `negative` as the uncond prompt (PixArt: connect both and a "
-                        "latent of the size to train at), and the gates learn to reuse what the full model "
-                        "would compute anyway. Saves to models/lazy_gates and measures a calibration table "
-                        "(laziness -> lazy ratio). Minutes on a GPU; the small demo model trains in a few "
-                        "minutes on a CPU.",
+                        "own trajectories (with guidance) from class labels (DiT) or from the prompts in "
+                        "`positive` with `negative` as the uncond prompt (PixArt: connect both and a latent of "
+                        "the size to train at). Objective `sensitivity` (default): measures what being lazy at "
+                        "each step costs each final image and fits the gates to predict it from their input; "
+                        "`local (paper)`: the paper's recipe (iterations, batch, pressure). Saves to "
+                        "models/lazy_gates with a calibration table (laziness -> lazy share). Minutes on a "
+                        "GPU; the small demo model trains in a few minutes on a CPU.",
             inputs=[
                 io.Model.Input("model", tooltip="A DiT (Load DiT Checkpoint) or a PixArt model."),
                 io.String.Input("labels", default="all", tooltip="DiT: classes to learn from, 'all' or '1, 5, 9'."),
@@ -85,6 +88,10 @@ class TrainLazyGates(io.ComfyNode):
                 io.Conditioning.Input("negative", optional=True, tooltip="PixArt: the uncond prompt."),
                 io.Latent.Input("latent", optional=True, tooltip="PixArt: an empty latent of the size to train "
                                                                  "at (gates are trained per token count)."),
+                io.Combo.Input("objective", options=list(OBJECTIVES), default="sensitivity", optional=True,
+                               tooltip="sensitivity: gates that see the final image; `batch` trajectories of "
+                                       "20 steps are measured (iterations and pressure are not used). "
+                                       "local (paper): the paper's recipe."),
             ],
             outputs=[GATES.Output(display_name="gates"), io.String.Output(display_name="log")],
             is_output_node=True,
@@ -92,13 +99,16 @@ class TrainLazyGates(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, labels, iterations, batch, laziness_pressure, step_counts, seed, filename_prefix,
-                positive=None, negative=None, latent=None):
+                positive=None, negative=None, latent=None, objective="sensitivity"):
         counts = parse_step_counts(step_counts)    # a bad entry fails before any work is done
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective {objective!r} is not one of {list(OBJECTIVES)}")
         mm.load_models_gpu([model])                # first: the denoiser works where the model now is
         denoiser = make_denoiser(model, labels, positive, negative, latent)
         args = parser().parse_args(["--model", "-", "--out", "-", "--iters", str(iterations), "--batch", str(batch),
                                     "--rho", str(laziness_pressure), "--step-counts", step_counts,
-                                    "--seed", str(seed), "--pool", str(max(batch, 64))])
+                                    "--seed", str(seed), "--pool", str(max(batch, 64)),
+                                    "--objective", OBJECTIVES[objective], "--images", str(batch)])
         pbar = comfy.utils.ProgressBar(iterations)
         losses = []
 
@@ -107,21 +117,94 @@ class TrainLazyGates(io.ComfyNode):
             pbar.update_absolute(i, total)
         with torch.inference_mode(False), torch.enable_grad():
             gates = train(denoiser, args, on_iter=on_iter)
-        with torch.no_grad():
-            gates.info.calibration, per_steps = calibrate(denoiser, gates, step_counts=counts)
-        gates.info.recipe["calibration_per_steps"] = per_steps
-        out_dir = folder_paths.get_folder_paths("lazy_gates")[0]
-        os.makedirs(out_dir, exist_ok=True)
-        n = len([f for f in os.listdir(out_dir) if f.startswith(filename_prefix)])
-        path = os.path.join(out_dir, f"{filename_prefix}_{n:05d}.safetensors")
-        gates.save(path)
-        patcher = comfy.model_patcher.ModelPatcher(gates, load_device=mm.get_torch_device(),
-                                                   offload_device=mm.unet_offload_device())
-        text = (f"saved {os.path.basename(path)}; loss {losses[0]:.5f} -> {losses[-1]:.5f} over {iterations} "
-                f"iterations; calibration (laziness -> lazy ratio): "
-                + ", ".join(f"{t:.2f}->{r:.0%}" for t, r in gates.info.calibration))
+        path = finish(gates, denoiser, counts, filename_prefix)
+        if args.objective == "local":
+            done = f"loss {losses[0]:.5f} -> {losses[-1]:.5f} over {iterations} iterations"
+        else:
+            done = f"{batch} trajectories measured, held-out R² {gates.info.recipe['r2_holdout_mean']:.3f}"
+        text = f"saved {os.path.basename(path)}; {done}; {calibration_text(gates)}"
         log.info(text)
-        return io.NodeOutput(patcher, text)
+        return io.NodeOutput(as_patcher(gates), text)
 
 
-NODES = [TrainLazyGates]
+OBJECTIVES = {"sensitivity": "sensitivity", "local (paper)": "local"}
+
+
+def calibration_text(gates):
+    table = gates.info.calibration
+    top = table[-1][1] if table else 0.0
+    return "laziness -> lazy share: " + ", ".join(f"{lz:.1f}->{gates.expected_ratio(gates.threshold_for(lz)):.0%}"
+                                                  for lz in (0.2, 0.4, 0.6, 0.8, 1.0)) + f" (max {top:.0%})"
+
+
+def finish(gates, denoiser, counts, prefix):
+    """Calibrates at `counts`, saves to models/lazy_gates as prefix_NNNNN.safetensors; returns the path."""
+    with torch.no_grad():
+        gates.info.calibration, per_steps = calibrate(denoiser, gates, step_counts=counts)
+    gates.info.recipe["calibration_per_steps"] = per_steps
+    out_dir = folder_paths.get_folder_paths("lazy_gates")[0]
+    os.makedirs(out_dir, exist_ok=True)
+    n = len([f for f in os.listdir(out_dir) if f.startswith(prefix)])
+    path = os.path.join(out_dir, f"{prefix}_{n:05d}.safetensors")
+    gates.save(path)
+    return path
+
+
+def as_patcher(gates):
+    return comfy.model_patcher.ModelPatcher(gates, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+class SensitivitySchedule(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LazyDiT_SensitivitySchedule",
+            display_name="LazyDiT Sensitivity Schedule",
+            category=CATEGORY,
+            description="Training-free lazy schedule for the connected model, for when you have no gates: the "
+                        "model samples a few of its own trajectories, measures how much being lazy at each "
+                        "step would change the final image, and the run then spends its lazy budget on the "
+                        "steps where that costs least. Plug the output into Apply Lazy Gates. About 460 model "
+                        "calls over `images` images (a minute or two for the demo model on a CPU); saved to "
+                        "models/lazy_gates.",
+            inputs=[
+                io.Model.Input("model", tooltip="A DiT (Load DiT Checkpoint) or a PixArt model."),
+                io.String.Input("labels", default="all", tooltip="DiT: classes to measure on, 'all' or '1, 5, 9'."),
+                io.Int.Input("images", default=16, min=2, max=256, tooltip="Trajectories measured; more is "
+                             "steadier and slower."),
+                io.Float.Input("cfg", default=4.0, min=1.0, max=20.0, step=0.1,
+                               tooltip="Guidance scale you sample with."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
+                io.String.Input("filename_prefix", default="lazydit_schedule"),
+                io.Conditioning.Input("positive", optional=True, tooltip="PixArt: prompts to measure on."),
+                io.Conditioning.Input("negative", optional=True, tooltip="PixArt: the uncond prompt."),
+                io.Latent.Input("latent", optional=True, tooltip="PixArt: an empty latent of the size you "
+                                                                 "sample at."),
+            ],
+            outputs=[GATES.Output(display_name="gates"), io.String.Output(display_name="info")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, labels, images, cfg, seed, filename_prefix, positive=None, negative=None,
+                latent=None):
+        mm.load_models_gpu([model])
+        denoiser = make_denoiser(model, labels, positive, negative, latent)
+        pbar = comfy.utils.ProgressBar(1)
+        costs = measure(denoiser, steps=SCHEDULE_STEPS, images=images, cfg_scale=cfg, seed=seed,
+                        on_progress=lambda i, n: pbar.update_absolute(i, n))
+        gates = schedule_bank(denoiser, costs, recipe={"measure_steps": SCHEDULE_STEPS, "images": images,
+                                                       "cfg_scale": cfg, "seed": seed})
+        gates.info.recipe["measure_seconds"] = round(costs.seconds, 1)
+        path = finish(gates, denoiser, SCHEDULE_CALIBRATION, filename_prefix)
+        text = (f"saved {os.path.basename(path)}; measured {images} trajectories in {costs.seconds:.0f} s; "
+                f"{calibration_text(gates)}")
+        log.info(text)
+        return io.NodeOutput(as_patcher(gates), text)
+
+
+SCHEDULE_STEPS = 20                       # trajectories measured at DDIM 20; the plan serves any step count
+SCHEDULE_CALIBRATION = (10, 20, 30, 50)
+
+NODES = [TrainLazyGates, SensitivitySchedule]

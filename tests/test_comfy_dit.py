@@ -133,7 +133,8 @@ def test_train_gates_node_saves_calibrated_gates(comfy, small_ckpt):
         TrainLazyGates.execute(model, "1, 1000", 10, 4, 1e-3, "6", 0, "dit_gates")
     with pytest.raises(ValueError, match="step count 'x' in '6,x' is not a whole number in 2..1000"):
         TrainLazyGates.execute(model, "1", 10, 4, 1e-3, "6,x", 0, "dit_gates")
-    gates, text = TrainLazyGates.execute(model, "1, 207, 360", 12, 4, 1e-3, "6,9", 0, "dit_gates").args
+    gates, text = TrainLazyGates.execute(model, "1, 207, 360", 12, 4, 1e-3, "6,9", 0, "dit_gates",
+                                         objective="local (paper)").args
     name = text.split()[1].rstrip(";")
     saved = GateBank.load(os.path.join(comfy.base, "models", "lazy_gates", name))
     saved.check_fits("dit", SMALL.depth, SMALL.hidden_size)
@@ -141,6 +142,71 @@ def test_train_gates_node_saves_calibrated_gates(comfy, small_ckpt):
     assert sorted(int(n) for n in saved.info.recipe["calibration_per_steps"]) == [6, 9]
     ratios = [r for _, r in saved.info.calibration]
     assert ratios == sorted(ratios), f"lazy ratio must not fall as laziness rises: {saved.info.calibration}"
+
+
+def test_sensitivity_objective_and_schedule_nodes(comfy, small_ckpt):
+    """The Train node's default (sensitivity) objective and the training-free Sensitivity Schedule node
+    measure the DiT, save log-cost gate files with a calibration table, and sampling with them through
+    KSampler at laziness 1 is as lazy as the table says; a bad objective is refused."""
+    import nodes as comfy_nodes
+    from lazydit.lazy_core.gates import GateBank
+    from lazydit.nodes.labels import conditioning
+    from lazydit.nodes.lazy_hook import session_of
+    from lazydit.nodes.lazy_nodes import ApplyLazyGates
+    from lazydit.nodes.train_node import SensitivitySchedule, TrainLazyGates
+
+    model = load(comfy, "dit_small.safetensors")
+    with pytest.raises(ValueError, match="objective 'fast' is not one of"):
+        TrainLazyGates.execute(model, "1", 12, 4, 1e-3, "6", 0, "dit_gates", objective="fast")
+    learned, text = TrainLazyGates.execute(model, "1, 207", 12, 6, 1e-3, "10", 0, "dit_sens").args
+    assert "trajectories measured" in text and "laziness -> lazy share" in text
+    schedule, info = SensitivitySchedule.execute(model, "1, 207", 4, 4.0, 0, "dit_schedule").args
+    assert info.startswith("saved dit_schedule_00000.safetensors")
+    saved = GateBank.load(os.path.join(comfy.base, "models", "lazy_gates", "dit_schedule_00000.safetensors"))
+    assert saved.info.score == "log-cost" and saved.static and saved.info.granularity == "step"
+    assert torch.equal(saved.prior, schedule.model.prior)
+    for gates in (learned, schedule):
+        patched, expected = ApplyLazyGates.execute(model, gates, 1.0, 1, "auto", "auto").args
+        comfy_nodes.common_ksampler(patched, 0, 10, 4.0, "euler", "normal", conditioning([1, 207]),
+                                    conditioning([1000]), {"samples": torch.zeros(2, 4, 16, 16)})
+        ratio = session_of(patched).report["ratio"]
+        top = gates.model.info.calibration[-1][1]
+        assert ratio == pytest.approx(top, abs=0.1), f"{expected}: measured {ratio:.2f}"
+        assert ratio > 0.3
+
+
+def test_runs_plan_over_the_samplers_schedule(comfy, small_ckpt):
+    """KSampler hands its schedule to the plan: a schedule's lazy steps in ComfyUI (euler, normal, 10 steps)
+    are exactly those that lazy_core plans for the same timesteps."""
+    import comfy.samplers
+    import nodes as comfy_nodes
+    from lazydit.lazy_core.engine import CacheOptions, RunState
+    from lazydit.lazy_core.policies import LearnedGates
+    from lazydit.nodes.labels import conditioning
+    from lazydit.nodes.lazy_hook import session_of
+    from lazydit.nodes.lazy_nodes import ApplyLazyGates
+    from lazydit.nodes.train_node import SensitivitySchedule
+
+    model = load(comfy, "dit_small.safetensors")
+    schedule = SensitivitySchedule.execute(model, "1", 3, 4.0, 1, "dit_plan").args[0]
+    bank = schedule.model
+    patched = ApplyLazyGates.execute(model, schedule, 0.6, 1, "auto", "auto").args[0]
+    comfy_nodes.common_ksampler(patched, 0, 10, 4.0, "euler", "normal", conditioning([1]), conditioning([1000]),
+                                {"samples": torch.zeros(1, 4, 16, 16)})
+    lazy_steps = session_of(patched).report["streams"][0]["lazy"].sum((1, 2)) > 0          # (steps,)
+    sampling = model.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(sampling, "normal", 10)
+    timesteps = [float(t) for t in sampling.timestep(sigmas[:-1]).float()]
+    policy = LearnedGates(bank, bank.threshold_for(0.6))
+    RunState(policy, CacheOptions(), timesteps)
+    limits = policy.limits[1][:, 0, 0]
+    planned, previous = [], False
+    for k, t in enumerate(timesteps):
+        lazy = k > 0 and not previous and float(bank.prior[0, 0, bank.bucket(t)]) <= float(limits[k])
+        planned.append(lazy)
+        previous = lazy
+    assert lazy_steps.tolist() == planned, f"ComfyUI {lazy_steps.tolist()} vs plan {planned}"
+    assert any(planned)
 
 
 def test_bad_files_give_clear_errors(comfy, small_ckpt, tmp_path, monkeypatch):
