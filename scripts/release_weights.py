@@ -21,6 +21,18 @@ def metadata(path):
         return f.metadata() or {}
 
 
+def gates_entry(what, command):
+    def entry(m):
+        recipe = json.loads(m["recipe"])
+        recipe.pop("calibration_per_steps", None)
+        return {"what": what, "architecture": m["architecture"], "depth": int(m["depth"]),
+                "width": int(m["width"]), "pooling": m["pooling"], "score": m.get("score", "probability"),
+                "granularity": m.get("granularity", "module"), "buckets": len(json.loads(m["timesteps"])),
+                "calibration": json.loads(m["calibration"]), "recipe": recipe, "command": command,
+                "licence": "MIT"}
+    return entry
+
+
 def main():
     path = os.path.join(WEIGHTS, "manifest.json")
     manifest = json.load(open(path)) if os.path.exists(path) else {}
@@ -42,11 +54,20 @@ def main():
             "what": "Fashion-MNIST CNN: class accuracy of samples, and the 128-d feature space for FID",
             "test_accuracy": float(m["test_accuracy"]), "epochs": int(m["epochs"]),
             "command": "python -m lazydit.lazy_core.classifier", "data": DATA, "licence": "MIT"},
-        "dit_demo_fashion_gates.safetensors": lambda m: {
-            "what": "LazyDiT gates for the demo model (data-free self-distillation)",
-            "architecture": m["architecture"], "depth": int(m["depth"]), "width": int(m["width"]),
-            "pooling": m["pooling"], "buckets": len(json.loads(m["timesteps"])),
-            "calibration": json.loads(m["calibration"]), "recipe": json.loads(m["recipe"]), "licence": "MIT"},
+        "dit_demo_fashion_gates.safetensors": gates_entry(
+            "learned LazyDiT gates for the demo model: the sensitivity objective (costs measured on the "
+            "model's own guided trajectories, the gates fitted to each image's cost)",
+            "python -m lazydit.lazy_core.train_gates --model weights/dit_demo_fashion.safetensors "
+            "--out weights/dit_demo_fashion_gates.safetensors"),
+        "dit_demo_fashion_schedule.safetensors": gates_entry(
+            "training-free sensitivity schedule for the demo model (timestep-only decisions)",
+            "python -m lazydit.lazy_core.sensitivity --model weights/dit_demo_fashion.safetensors "
+            "--out weights/dit_demo_fashion_schedule.safetensors"),
+        "dit_demo_fashion_gates_local.safetensors": gates_entry(
+            "LazyDiT gates for the demo model trained with the paper's local recipe (for comparison)",
+            "python -m lazydit.lazy_core.train_gates --model weights/dit_demo_fashion.safetensors --out "
+            "weights/dit_demo_fashion_gates_local.safetensors --objective local --iters 400 --batch 32 "
+            "--lr 1e-3 --rho 3e-5 --seed 0 --pool 64"),
     }
     for name, describe in entries.items():
         file = os.path.join(WEIGHTS, name)

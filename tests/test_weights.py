@@ -9,7 +9,9 @@ import torch
 
 WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
 MANIFEST = json.load(open(os.path.join(WEIGHTS, "manifest.json")))
-SHIPPED = ["dit_demo_fashion.safetensors", "fashion_classifier.safetensors", "dit_demo_fashion_gates.safetensors"]
+GATES = ["dit_demo_fashion_gates.safetensors", "dit_demo_fashion_schedule.safetensors",
+         "dit_demo_fashion_gates_local.safetensors"]
+SHIPPED = ["dit_demo_fashion.safetensors", "fashion_classifier.safetensors", *GATES]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -40,17 +42,21 @@ def test_classifier_accuracy_on_test_split():
     assert acc == pytest.approx(MANIFEST["fashion_classifier.safetensors"]["test_accuracy"], abs=1e-3)
 
 
-def test_shipped_gates_reach_their_calibrated_ratio():
-    """Sampling with the shipped gates at the trained point reproduces the calibration table's lazy ratio."""
+@pytest.mark.parametrize("name", GATES)
+def test_shipped_gates_reach_their_calibrated_ratio(name):
+    """Sampling with each shipped gate file at its calibrated midpoint reproduces the table's lazy ratio, and
+    the slider spans its range evenly: laziness 0.5 asks for half of the largest calibrated ratio."""
     from lazydit.lazy_core.calibrate import calibrate
     from lazydit.lazy_core.gates import GateBank
     from lazydit.lazy_core.train_gates import load_model
 
     model = load_model(os.path.join(WEIGHTS, "dit_demo_fashion.safetensors"))
-    gates = GateBank.load(os.path.join(WEIGHTS, "dit_demo_fashion_gates.safetensors"))
+    gates = GateBank.load(os.path.join(WEIGHTS, name))
     gates.check_fits("dit", model.config.depth, model.config.hidden_size)
-    expected = dict(map(tuple, gates.info.calibration))[0.5]
     per_steps = gates.info.recipe["calibration_per_steps"]["20"]
-    table, _ = calibrate(model, gates, step_counts=(20,), thresholds=(0.5,))
-    assert table[0][1] == pytest.approx(dict(map(tuple, per_steps))[0.5], abs=1e-6), "not reproducible"
-    assert 0.2 <= expected <= 0.5
+    threshold, ratio = per_steps[len(per_steps) // 2]
+    table, _ = calibrate(model, gates, step_counts=(20,), thresholds=(threshold,))
+    assert table[0][1] == pytest.approx(ratio, abs=1e-6), f"{name}: not reproducible"
+    top = gates.info.calibration[-1][1]
+    assert 0.45 <= top <= 0.5, f"{name}: most laziness {top}"
+    assert gates.expected_ratio(gates.threshold_for(0.5)) == pytest.approx(top / 2, abs=0.02)
