@@ -1,7 +1,8 @@
 """Comparison inside ComfyUI (not a test): every method runs through the real KSampler on the built-in demo
-model with the same labels, seeds, sampler and steps, side by side in one run: exact, LazyDiT gates, FORA,
-Δ-DiT, and ComfyUI's own EasyCache and LazyCache. Quality against the exact output (PSNR/SSIM) and against
-Fashion-MNIST (FID in the classifier's feature space, class accuracy); wall-clock speed-up.
+model with the same labels, seeds and sampler, side by side in one run: exact; at about 30 % and 45 % lazy
+the learned gates, the sensitivity schedule, random decisions and fewer sampler steps at equal attention/MLP
+MACs; FORA-2, Δ-DiT, and ComfyUI's own EasyCache and LazyCache. Quality against the exact output (PSNR/SSIM)
+and against Fashion-MNIST (FID in the classifier's feature space, class accuracy); wall-clock speed-up.
 
     .venv/bin/python scripts/bench_comfy.py --steps 20 --per-class 30
 """
@@ -22,17 +23,20 @@ def main(args):
     import comfy_extras.nodes_easycache as easycache
     import nodes as comfy_nodes
     from lazydit.lazy_core.classifier import FashionClassifier, evaluate
+    from lazydit.lazy_core.engine import CacheOptions
     from lazydit.lazy_core.evaluate import latents_to_grey
     from lazydit.lazy_core.fashion import load, to_grey32
     from lazydit.lazy_core.metrics import frechet_distance, gaussian_stats, psnr, ssim
+    from lazydit.lazy_core.policies import RandomLazy
     from lazydit.nodes.labels import conditioning
-    from lazydit.nodes.lazy_hook import session_of
+    from lazydit.nodes.lazy_hook import LazySession, install, session_of
     from lazydit.nodes.lazy_nodes import ApplyLazyGates, LoadLazyGates
     from lazydit.nodes.loaders import DEMO, LoadDiT
     from lazydit.nodes.sibling_nodes import DeltaDiTNode, ForaNode
 
     model = LoadDiT.execute(DEMO, "auto").args[0]
     gates = LoadLazyGates.execute("dit_demo_fashion_gates.safetensors (built in)").args[0]
+    schedule = LoadLazyGates.execute("dit_demo_fashion_schedule.safetensors (built in)").args[0]
     classifier = FashionClassifier.load(os.path.join(WEIGHTS, "fashion_classifier.safetensors"))
     images, labels = load("test")
     _, test_feats = evaluate(classifier, torch.from_numpy(to_grey32(images)), torch.from_numpy(labels))
@@ -44,26 +48,41 @@ def main(args):
             return cls.execute(m, threshold, 0.15, 0.95, False).args[0]
         return make
 
-    methods = {
-        "exact": lambda m: m,
-        f"LazyDiT gates @ {args.laziness}": lambda m: ApplyLazyGates.execute(m, gates, args.laziness, 1, "auto",
-                                                                              "auto").args[0],
-        "FORA interval 2": lambda m: ForaNode.execute(m, 2).args[0],
-        "Δ-DiT 3/6 blocks, N=2": lambda m: DeltaDiTNode.execute(m, 0.5, 0.5, 2).args[0],
-    }
+    def apply(g, ratio):
+        top = max(r for _, r in g.model.info.calibration)
+        lz = round(min(1.0, ratio / top), 2)
+        return lz, lambda m: ApplyLazyGates.execute(m, g, lz, 1, "auto", "auto").args[0]
+
+    def random(ratio):
+        p = min(0.49, ratio * args.steps / (args.steps - 1))        # the first step always computes
+        options = CacheOptions(reuse="extrapolate")
+        return lambda m: install(m, LazySession(lambda: RandomLazy(p, seed=1), options, "random"))
+
+    methods = {"exact": (lambda m: m, args.steps)}
+    for target in args.targets:
+        lz, make = apply(gates, target)
+        methods[f"learned gates @ {lz}"] = (make, args.steps)
+        lz, make = apply(schedule, target)
+        methods[f"sensitivity schedule @ {lz}"] = (make, args.steps)
+        methods[f"random {target:.0%}"] = (random(target), args.steps)
+        fewer = round(args.steps * (1 - target))
+        methods[f"{fewer} steps"] = (lambda m: m, fewer)
+    methods["FORA interval 2"] = (lambda m: ForaNode.execute(m, 2).args[0], args.steps)
+    methods["FORA interval 2, extrapolated"] = (lambda m: ForaNode.execute(m, 2, "extrapolate").args[0], args.steps)
+    methods["Δ-DiT 3/6 blocks, N=2"] = (lambda m: DeltaDiTNode.execute(m, 0.5, 0.5, 2).args[0], args.steps)
     # Several reuse thresholds, so a row near LazyDiT's measured speed-up can be read off.
     for threshold in args.easycache:
-        methods[f"EasyCache {threshold}"] = ec(easycache.EasyCacheNode, threshold)
-        methods[f"LazyCache {threshold}"] = ec(easycache.LazyCacheNode, threshold)
+        methods[f"EasyCache {threshold}"] = (ec(easycache.EasyCacheNode, threshold), args.steps)
+        methods[f"LazyCache {threshold}"] = (ec(easycache.LazyCacheNode, threshold), args.steps)
     results, ref = {}, None
-    for name, make in methods.items():
+    for name, (make, steps) in methods.items():
         patched = make(model)
         outs, seconds, ratios = [], 0.0, []
         for i in range(0, len(y), args.batch):
             rows = y[i:i + args.batch]
             latent = {"samples": torch.zeros(len(rows), 4, 16, 16)}
             t = time.perf_counter()
-            (out,) = comfy_nodes.common_ksampler(patched, args.seed + i, args.steps, args.cfg, args.sampler,
+            (out,) = comfy_nodes.common_ksampler(patched, args.seed + i, steps, args.cfg, args.sampler,
                                                  args.scheduler, conditioning(rows.tolist()), conditioning([10]),
                                                  latent)
             seconds += time.perf_counter() - t
@@ -82,7 +101,7 @@ def main(args):
         row["speed"] = ref[1] / seconds
         results[name] = row
         lazy = f"{row['lazy']:6.1%}" if row["lazy"] is not None else "     -"
-        print(f"{name:28s} lazy {lazy}  {seconds:6.1f} s  {row['speed']:5.2f}x  "
+        print(f"{name:30s} lazy {lazy}  {seconds:6.1f} s  {row['speed']:5.2f}x  "
               f"PSNR {row.get('psnr', float('inf')):6.2f}  SSIM {row.get('ssim', 1.0):.4f}  "
               f"FID {row['fid']:7.3f}  acc {acc:.1%}", flush=True)
 
@@ -95,8 +114,8 @@ if __name__ == "__main__":
     p.add_argument("--scheduler", default="normal")
     p.add_argument("--per-class", type=int, default=30)
     p.add_argument("--batch", type=int, default=100)
-    p.add_argument("--laziness", type=float, default=0.5)
-    p.add_argument("--easycache", type=float, nargs="+", default=[0.2, 0.5],
+    p.add_argument("--targets", type=float, nargs="+", default=[0.3, 0.45], help="lazy ratios compared")
+    p.add_argument("--easycache", type=float, nargs="*", default=[0.2],
                    help="EasyCache/LazyCache reuse thresholds (their default is 0.2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
