@@ -344,7 +344,8 @@ def test_gate_training_on_pixart_prompts(pixart, comfy):
     prompts = POS + prompt(3, 5)                       # two prompts of other token counts, as Combine makes
     den = make_denoiser(pixart, "all", prompts, NEG, latent)
     args = tg.parser().parse_args(["--model", "-", "--out", "-", "--iters", "30", "--batch", "4", "--pool", "8",
-                                   "--step-counts", "8", "--buckets", "5", "--rho", "0", "--lr", "3e-2"])
+                                   "--step-counts", "8", "--buckets", "5", "--rho", "0", "--lr", "3e-2",
+                                   "--objective", "local"])
     with torch.inference_mode(False), torch.enable_grad():
         bank = tg.train(den, args)
     assert (bank.info.architecture, bank.info.depth, bank.info.width) == ("pixart", 3, 64)
@@ -364,3 +365,12 @@ def test_gate_training_on_pixart_prompts(pixart, comfy):
 
     table, _ = calibrate(den, bank, step_counts=(8,), thresholds=(1.0,), rows=2)
     assert table[0][1] > 0, "laziness 1 makes trained gates lazy somewhere"
+
+    # The sensitivity objective on the same prompts: one call per prompt and one for the negative.
+    sens = tg.parser().parse_args(["--model", "-", "--out", "-", "--images", "4", "--measure-steps", "6",
+                                   "--buckets", "5"])
+    with torch.inference_mode(False), torch.enable_grad():
+        costs_bank = tg.train(den, sens)
+    assert costs_bank.info.score == "log-cost" and torch.isfinite(costs_bank.prior).all()
+    top, _ = calibrate(den, costs_bank, step_counts=(6,), thresholds=(float(costs_bank.prior.max()) + 1,), rows=2)
+    assert top[0][1] > 0.3, f"at a price above every cost the plan is lazy every other step: {top}"
