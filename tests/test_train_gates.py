@@ -29,7 +29,7 @@ def tiny_model():
 def args_for(*extra):
     return tg.parser().parse_args(["--model", "-", "--out", "-", "--iters", "60", "--batch", "16", "--pool", "16",
                                    "--step-counts", "10,20", "--buckets", "5", "--threads", "1",
-                                   "--objective", "local", *extra])
+                                   "--objective", "local", "--seed", "0", *extra])
 
 
 def fixed_batch_mse(model, gates):
@@ -88,7 +88,8 @@ def test_sensitivity_cli_writes_calibrated_log_cost_gates(model_file, tmp_path):
     assert gates.info.score == "log-cost" and gates.info.recipe["objective"] == "sensitivity"
     assert "r2_holdout_mean" in gates.info.recipe and gates.info.recipe["train_seconds"] > 0
     ratios = [r for _, r in gates.info.calibration]
-    assert ratios[0] == 0.0 and ratios == sorted(ratios) and ratios[-1] >= 0.4, gates.info.calibration
+    # 8 steps allow at most 4 lazy (every other step after the first); the top price gets most of them.
+    assert ratios[0] == 0.0 and ratios == sorted(ratios) and ratios[-1] >= 0.3, gates.info.calibration
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     done = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", *cmd[1:]], capture_output=True,
                           text=True, timeout=300, cwd=str(tmp_path))
