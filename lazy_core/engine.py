@@ -145,8 +145,13 @@ class Call:
 
     def _cached(self, key, z):
         parts = []
-        for s, _, _ in self.segments:
-            out = s.outputs[key]
+        for s, start, stop in self.segments:
+            out = s.outputs.get(key)
+            if out is None:
+                # A stream new in this call (a cond whose timestep range starts mid-run): its rows are forced
+                # to compute, so this placeholder is overwritten before anyone reads it.
+                parts.append(torch.zeros_like(z[start:stop]))
+                continue
             if key in s.older:
                 t1, t2 = s.times[key].unbind(1)                                  # (rows,) each
                 slope = ((self.timestep - t1) / (t1 - t2)).nan_to_num(0.0, 0.0, 0.0)   # t2 NaN: repeat

@@ -274,3 +274,26 @@ def test_delta_dit_reuses_the_range_delta():
         hook.remove()
     assert "called" not in seen, "the cached range must not run"
     assert delta.shape == (3, 16, 32)
+
+
+@pytest.mark.parametrize("reuse", ["repeat", "extrapolate"])
+def test_a_stream_joining_mid_run_computes_while_others_are_lazy(reuse):
+    """A stream first seen in a call where another stream is lazy (a cond with a timestep range that starts
+    mid-run) computes its rows; the lazy stream's rows still come from its cache."""
+    model = tiny_dit()
+    state = RunState(Fora(2), CacheOptions(reuse=reuse))
+    handle = state.attach(model)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([1, 2])
+    try:
+        for step, keys in enumerate((["a"], ["a", "b"])):    # FORA-2: "a" is lazy at its second call
+            t = torch.full((len(keys) * 2,), 900 - 100 * step)
+            state.begin_call(keys, keys, 2, x.repeat(len(keys), 1, 1, 1), float(t[0]))
+            out = model(x.repeat(len(keys), 1, 1, 1), t, y.repeat(len(keys)))
+            state.end_call()
+    finally:
+        handle.detach()
+    fresh = model(x, torch.full((2,), 800), y)
+    assert torch.allclose(out[2:], fresh, atol=1e-5), "the new stream must compute"  # other batch shape
+    assert not torch.allclose(out[:2], fresh, atol=1e-3), "the old stream must be lazy"
+    assert state.stats()[0]["lazy"][1].sum() > 0 and state.stats()[1]["lazy"].sum() == 0
