@@ -133,10 +133,6 @@ class GateBank(nn.Module):
         pooled = z.float().mean(dim=1) if self.info.pooling == "mean" else z.float().sum(dim=1)  # (rows, D)
         return pooled @ w + b
 
-    def score(self, block, module, bucket, z):
-        """Compute-probability per row: sigmoid(<pool(z), w> + bias) for z (rows, T, D) -> (rows,)."""
-        return torch.sigmoid(self.logit(block, module, bucket, z))
-
     def check_fits(self, architecture, depth, width, name="these gates"):
         """Raises GateFileError unless the gates were made for this architecture, depth and width."""
         i = self.info

@@ -10,15 +10,20 @@ import torch
 from .gates import GateBank
 
 
+def image_rows(call):
+    """Rows per stream when every stream of the call has the same count (cond and uncond of the same
+    images, as ComfyUI batches them), so row i of each stream is image i; else None."""
+    n = call.segments[0][2] - call.segments[0][1]
+    return n if all(stop - start == n for _, start, stop in call.segments) else None
+
+
 def tie_rows(call, values):
-    """One value per image: in a call laid out as several streams of equal rows (cond and uncond of the
-    same images, as ComfyUI batches them), row i of every stream gets the mean over the streams' rows i.
-    The guided output of an image needs both, so its cond and uncond rows decide together."""
-    segments = call.segments
-    n = segments[0][2] - segments[0][1]
-    if len(segments) < 2 or any(stop - start != n for _, start, stop in segments):
+    """One value per image: row i of every stream gets the mean over the streams' rows i. The guided output
+    of an image needs both, so its cond and uncond rows decide together."""
+    n = image_rows(call)
+    if n is None or len(call.segments) < 2:
         return values
-    return values.view(len(segments), n).mean(0).repeat(len(segments))
+    return values.view(len(call.segments), n).mean(0).repeat(len(call.segments))
 
 
 class Policy:
@@ -64,7 +69,7 @@ class LearnedGates(Policy):
         self.static = gates.static
         self.cost = gates.info.score == "log-cost"
         self.per_step = gates.info.granularity == "step"
-        self.limits = None                           # (timesteps (S,), log thresholds (S, depth, 2))
+        self.limits = None                           # (timesteps (S,), log thresholds [S][depth][2])
 
     def plan(self, timesteps):
         if not self.cost or not len(timesteps):
@@ -80,7 +85,8 @@ class LearnedGates(Policy):
         for k in range(S - 1, -1, -1):
             F[k] = torch.maximum(F[k + 1], lam - cost[k] + F[k + 2])
         limit = lam - (F[1:S + 1] - F[2:S + 2])                             # (S, depth, 2)
-        self.limits = (torch.tensor([float(t) for t in timesteps]), limit.clamp_min(1e-30).log())
+        # Plain floats: read once per module decision, so no tensor indexing in the hot path.
+        self.limits = (torch.tensor([float(t) for t in timesteps]), limit.clamp_min(1e-30).log().tolist())
 
     def prepare(self, call):
         call.bucket = self.gates.bucket(call.timestep)
@@ -106,7 +112,7 @@ class LearnedGates(Policy):
             logit = tie_rows(call, logit)
         if not self.cost:
             return torch.sigmoid(logit) >= self.threshold
-        limit = self.threshold if self.limits is None else float(self.limits[1][call.plan_step, block, module])
+        limit = self.threshold if self.limits is None else self.limits[1][call.plan_step][block][module]
         return logit > limit
 
 
@@ -124,11 +130,9 @@ class RandomLazy(Policy):
         self.generator = torch.Generator().manual_seed(seed)
 
     def compute_mask(self, call, block, module, z):
-        seg = call.segments[0]
-        n = seg[2] - seg[1]
-        same = all(stop - start == n for _, start, stop in call.segments)
-        draw = torch.rand(n if same else call.rows, generator=self.generator) >= self.p
-        return draw.repeat(len(call.segments)) if same else draw
+        n = image_rows(call)
+        draw = torch.rand(call.rows if n is None else n, generator=self.generator) >= self.p
+        return draw if n is None else draw.repeat(len(call.segments))
 
 
 class StaticMask(Policy):

@@ -21,6 +21,10 @@ from .lazy_nodes import CATEGORY, GATES
 
 log = logging.getLogger(__name__)
 
+OBJECTIVES = {"sensitivity": "sensitivity", "local (paper)": "local"}
+SCHEDULE_STEPS = 20                       # trajectories measured at DDIM 20; the plan serves any step count
+SCHEDULE_CALIBRATION = (10, 20, 30, 50)
+
 
 def parse_labels(text, num_classes):
     """"all" or a comma-separated list of class indices -> list[int]; raises naming the bad entry."""
@@ -127,9 +131,6 @@ class TrainLazyGates(io.ComfyNode):
         return io.NodeOutput(as_patcher(gates), text)
 
 
-OBJECTIVES = {"sensitivity": "sensitivity", "local (paper)": "local"}
-
-
 def calibration_text(gates):
     table = gates.info.calibration
     top = table[-1][1] if table else 0.0
@@ -203,8 +204,5 @@ class SensitivitySchedule(io.ComfyNode):
         log.info(text)
         return io.NodeOutput(as_patcher(gates), text)
 
-
-SCHEDULE_STEPS = 20                       # trajectories measured at DDIM 20; the plan serves any step count
-SCHEDULE_CALIBRATION = (10, 20, 30, 50)
 
 NODES = [TrainLazyGates, SensitivitySchedule]
