@@ -11,7 +11,7 @@ import comfy.patcher_extension
 import comfy.supported_models_base
 import torch
 
-from ..lazy_core.dit import DiT, DiTConfig, infer_config, load_strict
+from ..lazy_core.models.dit import DiT, DiTConfig, infer_config, load_strict
 
 log = logging.getLogger(__name__)
 

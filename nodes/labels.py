@@ -3,7 +3,7 @@
 import torch
 from comfy_api.latest import io
 
-from ..lazy_core.fashion import CLASSES as FASHION
+from ..lazy_core.demo.fashion import CLASSES as FASHION
 from .lazy_nodes import CATEGORY
 
 

@@ -12,8 +12,8 @@ import comfy.patcher_extension
 import torch
 from comfy.ldm.pixart.pixartms import PixArtMSBlock
 
-from ..lazy_core.adapters import PixArtBlockAdapter, describe, register_adapter
-from ..lazy_core.engine import CacheOptions, RunState
+from ..lazy_core.engine.cache import CacheOptions, RunState
+from ..lazy_core.engine.proxies import PixArtBlockAdapter, describe, register_adapter
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..lazy_core.adapters import describe
-from ..lazy_core.engine import REUSE, CacheOptions
-from ..lazy_core.gates import GateBank
-from ..lazy_core.policies import LearnedGates, NeverLazy
+from ..lazy_core.engine.cache import REUSE, CacheOptions
+from ..lazy_core.engine.gates import GateBank
+from ..lazy_core.engine.policies import LearnedGates, NeverLazy
+from ..lazy_core.engine.proxies import describe
 from .lazy_hook import LazySession, install, session_of
 from .lazy_report import render_heatmap
 

@@ -1,4 +1,4 @@
-"""Renders a run report (lazy_core.report.summarize) as a heat-map IMAGE an artist can read."""
+"""Renders a run report (lazy_core.engine.report.summarize) as a heat-map IMAGE an artist can read."""
 
 import numpy as np
 import torch

@@ -10,8 +10,8 @@ import safetensors.torch
 import torch
 from comfy_api.latest import io
 
-from ..lazy_core import pixel_latent
-from ..lazy_core.dit import CheckpointError, DiTConfig, unwrap_state_dict
+from ..lazy_core.models import pixel_latent
+from ..lazy_core.models.dit import CheckpointError, DiTConfig, unwrap_state_dict
 from . import dit_model
 from .lazy_nodes import CATEGORY
 

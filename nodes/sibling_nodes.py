@@ -5,9 +5,9 @@ import functools
 import torch
 from comfy_api.latest import io
 
-from ..lazy_core.adapters import describe
-from ..lazy_core.engine import REUSE, CacheOptions
-from ..lazy_core.policies import DeltaDiT, Fora
+from ..lazy_core.engine.cache import REUSE, CacheOptions
+from ..lazy_core.engine.policies import DeltaDiT, Fora
+from ..lazy_core.engine.proxies import describe
 from .lazy_hook import LazySession, install
 from .lazy_nodes import CATEGORY
 

@@ -11,12 +11,12 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..lazy_core.calibrate import calibrate
-from ..lazy_core.denoisers import ContextDenoiser, LabelDenoiser
-from ..lazy_core.diffusion import parse_step_counts
-from ..lazy_core.dit import DiT
-from ..lazy_core.sensitivity import measure, schedule_bank
-from ..lazy_core.train_gates import parser, train
+from ..lazy_core.models.diffusion import parse_step_counts
+from ..lazy_core.models.dit import DiT
+from ..lazy_core.training.calibrate import calibrate
+from ..lazy_core.training.denoisers import ContextDenoiser, LabelDenoiser
+from ..lazy_core.training.sensitivity import measure, schedule_bank
+from ..lazy_core.training.train_gates import parser, train
 from .lazy_nodes import CATEGORY, GATES
 
 log = logging.getLogger(__name__)

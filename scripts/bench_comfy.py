@@ -22,12 +22,12 @@ def main(args):
     Comfy(os.path.join(ROOT, "out", "bench_base"))            # starts ComfyUI in-process, registers every node
     import comfy_extras.nodes_easycache as easycache
     import nodes as comfy_nodes
-    from lazydit.lazy_core.classifier import FashionClassifier, evaluate
-    from lazydit.lazy_core.engine import CacheOptions
-    from lazydit.lazy_core.evaluate import latents_to_grey
-    from lazydit.lazy_core.fashion import load, to_grey32
-    from lazydit.lazy_core.metrics import frechet_distance, gaussian_stats, psnr, ssim
-    from lazydit.lazy_core.policies import RandomLazy
+    from lazydit.lazy_core.demo.classifier import FashionClassifier, evaluate
+    from lazydit.lazy_core.demo.evaluate import latents_to_grey
+    from lazydit.lazy_core.demo.fashion import load, to_grey32
+    from lazydit.lazy_core.demo.metrics import frechet_distance, gaussian_stats, psnr, ssim
+    from lazydit.lazy_core.engine.cache import CacheOptions
+    from lazydit.lazy_core.engine.policies import RandomLazy
     from lazydit.nodes.labels import conditioning
     from lazydit.nodes.lazy_hook import LazySession, install, session_of
     from lazydit.nodes.lazy_nodes import ApplyLazyGates, LoadLazyGates

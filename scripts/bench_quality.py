@@ -62,11 +62,11 @@ def input_dependence(lazy_map):
 def main(args):
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    from lazydit.lazy_core.engine import CacheOptions
-    from lazydit.lazy_core.evaluate import Evaluator
-    from lazydit.lazy_core.gates import GateBank
-    from lazydit.lazy_core.policies import Fora, LearnedGates, RandomLazy, StaticMask
-    from lazydit.lazy_core.train_gates import load_model
+    from lazydit.lazy_core.demo.evaluate import Evaluator
+    from lazydit.lazy_core.engine.cache import CacheOptions
+    from lazydit.lazy_core.engine.gates import GateBank
+    from lazydit.lazy_core.engine.policies import Fora, LearnedGates, RandomLazy, StaticMask
+    from lazydit.lazy_core.models.checkpoint import load_model
 
     model = load_model(os.path.join(WEIGHTS, "dit_demo_fashion.safetensors"))
     classifier = os.path.join(WEIGHTS, "fashion_classifier.safetensors")

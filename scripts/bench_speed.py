@@ -59,7 +59,7 @@ def run_calls(model, forward, policy, x, timesteps, RunState, plain=False):
 
 
 def dit_case(px, depth, device, dtype):
-    from lazydit.lazy_core.dit import DiT, DiTConfig
+    from lazydit.lazy_core.models.dit import DiT, DiTConfig
     c = DiTConfig(input_size=px // 8, depth=depth)
     with torch.device(device):
         model = DiT(c).to(dtype).eval()
@@ -104,9 +104,9 @@ def main(args):
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     comfy_path()
     from comfy.ldm.pixart.pixartms import PixArtMSBlock
-    from lazydit.lazy_core.adapters import PixArtBlockAdapter, module_macs, register_adapter
-    from lazydit.lazy_core.engine import RunState
-    from lazydit.lazy_core.policies import ForcedRatio, NeverLazy, Policy
+    from lazydit.lazy_core.engine.cache import RunState
+    from lazydit.lazy_core.engine.policies import ForcedRatio, NeverLazy, Policy
+    from lazydit.lazy_core.engine.proxies import PixArtBlockAdapter, module_macs, register_adapter
     register_adapter(PixArtMSBlock, PixArtBlockAdapter)
 
     class GateShaped(Policy):

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 from comfy_headless import ROOT, Comfy
-from lazydit.lazy_core.fashion import CLASSES
+from lazydit.lazy_core.demo.fashion import CLASSES
 from PIL import Image, ImageDraw
 
 WORKFLOW = os.path.join(ROOT, "example_workflows", "api", "lazydit_demo_fashion.json")

@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 import torch
-from lazydit.lazy_core.dit import DiT, DiTConfig
+from lazydit.lazy_core.models.dit import DiT, DiTConfig
 from safetensors.torch import save_file
 
 SMALL = DiTConfig(input_size=16, depth=2, hidden_size=128, num_heads=2, num_classes=1000)   # heads = width / 64
@@ -125,7 +125,7 @@ class _Evil:
 def test_train_gates_node_saves_calibrated_gates(comfy, small_ckpt):
     """The Train node trains on the DiT's own trajectories, saves a gate file that fits the model with a
     calibration table at the step counts trained, and refuses a label outside the model's classes."""
-    from lazydit.lazy_core.gates import GateBank
+    from lazydit.lazy_core.engine.gates import GateBank
     from lazydit.nodes.train_node import TrainLazyGates
 
     model = load(comfy, "dit_small.safetensors")
@@ -149,7 +149,7 @@ def test_sensitivity_objective_and_schedule_nodes(comfy, small_ckpt):
     measure the DiT, save log-cost gate files with a calibration table, and sampling with them through
     KSampler at laziness 1 is as lazy as the table says; a bad objective is refused."""
     import nodes as comfy_nodes
-    from lazydit.lazy_core.gates import GateBank
+    from lazydit.lazy_core.engine.gates import GateBank
     from lazydit.nodes.labels import conditioning
     from lazydit.nodes.lazy_hook import session_of
     from lazydit.nodes.lazy_nodes import ApplyLazyGates
@@ -180,8 +180,8 @@ def test_runs_plan_over_the_samplers_schedule(comfy, small_ckpt):
     are exactly those that lazy_core plans for the same timesteps."""
     import comfy.samplers
     import nodes as comfy_nodes
-    from lazydit.lazy_core.engine import CacheOptions, RunState
-    from lazydit.lazy_core.policies import LearnedGates
+    from lazydit.lazy_core.engine.cache import CacheOptions, RunState
+    from lazydit.lazy_core.engine.policies import LearnedGates
     from lazydit.nodes.labels import conditioning
     from lazydit.nodes.lazy_hook import session_of
     from lazydit.nodes.lazy_nodes import ApplyLazyGates
@@ -211,7 +211,7 @@ def test_runs_plan_over_the_samplers_schedule(comfy, small_ckpt):
 
 def test_bad_files_give_clear_errors(comfy, small_ckpt, tmp_path, monkeypatch):
     """Truncated, foreign, code-carrying and unknown files are refused with errors naming file and problem."""
-    from lazydit.lazy_core.dit import CheckpointError
+    from lazydit.lazy_core.models.dit import CheckpointError
 
     ckpts = os.path.join(comfy.base, "models", "checkpoints")
     data = open(os.path.join(ckpts, "dit_small.pt"), "rb").read()
@@ -249,7 +249,7 @@ def test_full_size_dit_xl2_loads_and_steps(comfy):
     """A 675 M-parameter DiT-XL/2 (256 px, random weights) loads through the loader and samples one step at
     batch 2 with CFG."""
     import nodes as comfy_nodes
-    from lazydit.lazy_core.dit import config_for
+    from lazydit.lazy_core.models.dit import config_for
     config = config_for("DiT-XL/2", image_size=256)
     with torch.device("meta"):
         shapes = DiT(config).state_dict()

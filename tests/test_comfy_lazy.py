@@ -33,7 +33,7 @@ def gates_for(arch, depth, width, buckets=20, seed=1, scale=4.0):
     """Random gates (score ~ half lazy at 0.5) wrapped the way Load Lazy Gates wraps them."""
     import comfy.model_management as mm
     import comfy.model_patcher
-    from lazydit.lazy_core.gates import GateBank, GateInfo
+    from lazydit.lazy_core.engine.gates import GateBank, GateInfo
 
     g = torch.Generator().manual_seed(seed)
     timesteps = [round(i * 999 / (buckets - 1)) for i in range(buckets)]
@@ -233,7 +233,7 @@ def test_removing_the_node_leaves_no_trace(pixart):
 
 def test_mismatched_gates_are_refused(pixart):
     """Gates for another depth/width raise an error naming both shapes and the fix."""
-    from lazydit.lazy_core.gates import GateFileError
+    from lazydit.lazy_core.engine.gates import GateFileError
 
     with pytest.raises(GateFileError, match="depth 28 / width 1152.*depth 3 / width 64.*train new ones"):
         apply(pixart, gates_for("pixart", 28, 1152, buckets=2))
@@ -331,10 +331,10 @@ def test_report_node_heatmap_and_text(pixart, tmp_path):
 def test_gate_training_on_pixart_prompts(pixart, comfy):
     """Data-free training from prompts on PixArt (the Train node's denoiser): trained gates beat zero gates on
     a held-out batch, fit the model and make it lazy; a missing prompt input is named in the node's error."""
-    from lazydit.lazy_core import train_gates as tg
-    from lazydit.lazy_core.calibrate import calibrate
-    from lazydit.lazy_core.diffusion import GaussianDiffusion
-    from lazydit.lazy_core.gates import GateBank
+    from lazydit.lazy_core.engine.gates import GateBank
+    from lazydit.lazy_core.models.diffusion import GaussianDiffusion
+    from lazydit.lazy_core.training import train_gates as tg
+    from lazydit.lazy_core.training.calibrate import calibrate
     from lazydit.nodes.lazy_nodes import GATES  # noqa: F401  (registers ComfyUI's PixArt block adapter)
     from lazydit.nodes.train_node import TrainLazyGates, make_denoiser
 

@@ -2,13 +2,13 @@
 
 import pytest
 import torch
-from lazydit.lazy_core.adapters import BlockAdapter, attach, module_macs
-from lazydit.lazy_core.diffusion import GaussianDiffusion, space_timesteps
-from lazydit.lazy_core.dit import DiT, DiTConfig
-from lazydit.lazy_core.engine import CacheOptions, RunState
-from lazydit.lazy_core.gates import GateBank, GateFileError, GateInfo, from_reference
-from lazydit.lazy_core.policies import DeltaDiT, Fora, ForcedRatio, LearnedGates, NeverLazy, Policy
-from lazydit.lazy_core.run import LazyRun
+from lazydit.lazy_core.engine.cache import CacheOptions, RunState
+from lazydit.lazy_core.engine.gates import GateBank, GateFileError, GateInfo, from_reference
+from lazydit.lazy_core.engine.policies import DeltaDiT, Fora, ForcedRatio, LearnedGates, NeverLazy, Policy
+from lazydit.lazy_core.engine.proxies import BlockAdapter, attach, module_macs
+from lazydit.lazy_core.engine.run import LazyRun
+from lazydit.lazy_core.models.diffusion import GaussianDiffusion, space_timesteps
+from lazydit.lazy_core.models.dit import DiT, DiTConfig
 
 STEPS = 10
 

@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-from lazydit.lazy_core import pixel_latent
-from lazydit.lazy_core.metrics import frechet_distance, gaussian_stats, psnr, ssim
+from lazydit.lazy_core.demo.metrics import frechet_distance, gaussian_stats, psnr, ssim
+from lazydit.lazy_core.models import pixel_latent
 
 
 def test_psnr_known_values():

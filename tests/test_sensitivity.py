@@ -5,13 +5,13 @@ import math
 
 import pytest
 import torch
-from lazydit.lazy_core import sensitivity as S
-from lazydit.lazy_core.diffusion import GaussianDiffusion, space_timesteps
-from lazydit.lazy_core.dit import DiT, DiTConfig
-from lazydit.lazy_core.engine import CacheOptions, RunState
-from lazydit.lazy_core.gates import GateBank, GateInfo
-from lazydit.lazy_core.policies import LearnedGates, RandomLazy, StaticMask
-from lazydit.lazy_core.run import LazyRun
+from lazydit.lazy_core.engine.cache import CacheOptions, RunState
+from lazydit.lazy_core.engine.gates import GateBank, GateInfo
+from lazydit.lazy_core.engine.policies import LearnedGates, RandomLazy, StaticMask
+from lazydit.lazy_core.engine.run import LazyRun
+from lazydit.lazy_core.models.diffusion import GaussianDiffusion, space_timesteps
+from lazydit.lazy_core.models.dit import DiT, DiTConfig
+from lazydit.lazy_core.training import sensitivity as S
 
 STEPS = 8
 CFG = 3.0
@@ -44,7 +44,7 @@ def repeat_costs(model):
 
 def replay(model, costs, policy, reuse=None):
     """Final latents of the measured images under `policy` (same labels and noise as `measure`)."""
-    from lazydit.lazy_core.denoisers import LabelDenoiser
+    from lazydit.lazy_core.training.denoisers import LabelDenoiser
     den = LabelDenoiser(model)
     g = torch.Generator().manual_seed(3)
     cond = den.draw(6, g)

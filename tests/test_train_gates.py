@@ -7,10 +7,10 @@ import sys
 
 import pytest
 import torch
-from lazydit.lazy_core import train_gates as tg
-from lazydit.lazy_core.calibrate import calibrate
-from lazydit.lazy_core.dit import DiT, DiTConfig
-from lazydit.lazy_core.gates import GateBank
+from lazydit.lazy_core.engine.gates import GateBank
+from lazydit.lazy_core.models.dit import DiT, DiTConfig
+from lazydit.lazy_core.training import train_gates as tg
+from lazydit.lazy_core.training.calibrate import calibrate
 from safetensors.torch import save_file
 
 CONFIG = DiTConfig(input_size=8, depth=3, hidden_size=32, num_heads=2, num_classes=10)
@@ -34,7 +34,7 @@ def args_for(*extra):
 
 def fixed_batch_mse(model, gates):
     """Distillation MSE of `gates` on one fixed batch (t 500 -> 400)."""
-    from lazydit.lazy_core.diffusion import GaussianDiffusion
+    from lazydit.lazy_core.models.diffusion import GaussianDiffusion
     g = torch.Generator().manual_seed(5)
     x = torch.randn(16, 4, 8, 8, generator=g)
     y = torch.randint(0, 10, (16,), generator=g)
@@ -80,7 +80,8 @@ def test_sensitivity_cli_writes_calibrated_log_cost_gates(model_file, tmp_path):
     """The default objective from the command line: a log-cost gate file with its measured R^2, training
     time and a calibration table that rises to the engine's limit; refused under torchrun."""
     out = tmp_path / "sens.safetensors"
-    cmd = [sys.executable, "-m", "lazydit.lazy_core.train_gates", "--model", str(model_file), "--out", str(out),
+    cmd = [sys.executable, "-m", "lazydit.lazy_core.training.train_gates", "--model", str(model_file),
+           "--out", str(out),
            "--images", "6", "--measure-steps", "8", "--buckets", "5", "--threads", "1", "--calibrate", "8"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -105,7 +106,7 @@ def model_file(tmp_path):
 
 
 def run_cli(launcher, model_file, out):
-    cmd = [*launcher, "-m", "lazydit.lazy_core.train_gates", "--model", str(model_file), "--out", str(out),
+    cmd = [*launcher, "-m", "lazydit.lazy_core.training.train_gates", "--model", str(model_file), "--out", str(out),
            "--iters", "20", "--batch", "8", "--pool", "16", "--step-counts", "10", "--buckets", "5", "--threads", "1",
            "--calibrate", "", "--objective", "local"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -23,7 +23,7 @@ def test_sha256_matches_manifest(name):
 
 def test_demo_model_loads_and_matches_its_config():
     """The demo model loads strictly into DiT-Demo/2 with 64 image tokens."""
-    from lazydit.lazy_core.train_gates import load_model
+    from lazydit.lazy_core.models.checkpoint import load_model
 
     model = load_model(os.path.join(WEIGHTS, "dit_demo_fashion.safetensors"))
     assert model.config.tokens >= 64 and model.config.num_classes == 10
@@ -32,8 +32,8 @@ def test_demo_model_loads_and_matches_its_config():
 
 def test_classifier_accuracy_on_test_split():
     """The shipped classifier reaches its manifest accuracy (>= 90 %) on the Fashion-MNIST test split."""
-    from lazydit.lazy_core import fashion
-    from lazydit.lazy_core.classifier import FashionClassifier, evaluate
+    from lazydit.lazy_core.demo import fashion
+    from lazydit.lazy_core.demo.classifier import FashionClassifier, evaluate
 
     images, labels = fashion.load("test")
     acc, _ = evaluate(FashionClassifier.load(os.path.join(WEIGHTS, "fashion_classifier.safetensors")),
@@ -46,9 +46,9 @@ def test_classifier_accuracy_on_test_split():
 def test_shipped_gates_reach_their_calibrated_ratio(name):
     """Sampling with each shipped gate file at its calibrated midpoint reproduces the table's lazy ratio, and
     the slider spans its range evenly: laziness 0.5 asks for half of the largest calibrated ratio."""
-    from lazydit.lazy_core.calibrate import calibrate
-    from lazydit.lazy_core.gates import GateBank
-    from lazydit.lazy_core.train_gates import load_model
+    from lazydit.lazy_core.engine.gates import GateBank
+    from lazydit.lazy_core.models.checkpoint import load_model
+    from lazydit.lazy_core.training.calibrate import calibrate
 
     model = load_model(os.path.join(WEIGHTS, "dit_demo_fashion.safetensors"))
     gates = GateBank.load(os.path.join(WEIGHTS, name))

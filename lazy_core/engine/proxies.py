@@ -7,7 +7,7 @@ registering them, so the model's parameters, state dict and memory management st
 
 import torch.nn as nn
 
-from .dit import DiTBlock, modulate
+from ..models.dit import DiTBlock, modulate
 from .gates import ATTN, MLP
 
 

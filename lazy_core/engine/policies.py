@@ -50,7 +50,7 @@ class LearnedGates(Policy):
     """LazyDiT gates; the cond and uncond rows of an image decide together on their mean logit (tie_rows).
 
     Probability gates (the paper, §3.3): an image computes a module iff sigmoid(logit) >= threshold.
-    Log-cost gates (lazy_core.sensitivity): the logit predicts what being lazy costs the final image, and
+    Log-cost gates (lazy_core.training.sensitivity): the logit predicts what being lazy costs the final image, and
     `threshold` is log λ, the price of one module evaluation. Knowing the run's schedule, the policy
     spends laziness where it is worth most: with at most one lazy step in a row, the best lazy set for a
     module is a maximum-weight set of non-adjacent steps, weights λ - cost. Solved backwards over the

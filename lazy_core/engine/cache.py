@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .adapters import Attachment, module_macs
 from .gates import MODULES
 from .policies import Policy
+from .proxies import Attachment, module_macs
 from .report import summarize
 
 REUSE = ("extrapolate", "repeat")

@@ -9,8 +9,8 @@ imports nothing from a host, so a host hands in the forward of a context model.
 
 import torch
 
-from .diffusion import label_guidance
-from .dit import DiT
+from ..models.diffusion import label_guidance
+from ..models.dit import DiT
 
 
 class LabelDenoiser:

@@ -3,21 +3,21 @@
 The table (threshold -> ratio, averaged over step counts) is what the laziness slider shows; the per-step-
 count rows, including step counts the gates were not trained for, show how far that average holds.
 
-    python -m lazydit.lazy_core.calibrate --model weights/dit_demo_fashion.safetensors --gates my_gates.safetensors
+    python -m lazydit.lazy_core.training.calibrate --model weights/dit_demo_fashion.safetensors \
+        --gates my_gates.safetensors
 re-measures a gate file's table in place (for instance at the step counts you use).
 """
 
 import argparse
-import hashlib
 import logging
 
 import torch
 
+from ..engine.cache import CacheOptions
+from ..engine.policies import LearnedGates
+from ..engine.run import LazyRun
+from ..models.diffusion import GaussianDiffusion, parse_step_counts, space_timesteps
 from .denoisers import as_denoiser
-from .diffusion import GaussianDiffusion, parse_step_counts, space_timesteps
-from .engine import CacheOptions
-from .policies import LearnedGates
-from .run import LazyRun
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.9
 def calibrate(model, gates, step_counts=(10, 20, 50), thresholds=THRESHOLDS, rows=8, cfg_scale=4.0, seed=0):
     """Returns (table [[threshold, mean ratio]], per_steps {steps: [[threshold, ratio]]}).
 
-    model: a DiT, or a denoiser (lazy_core.denoisers) for other models. A schedule (gates that read no
+    model: a DiT, or a denoiser (lazy_core.training.denoisers) for other models. A schedule (gates that read no
     input) decides the same for every image, so one image measures it exactly."""
     den = as_denoiser(model)
     rows = 1 if gates.static else rows
@@ -64,18 +64,10 @@ def cost_grid(gates, points=16):
     return sorted(grid)
 
 
-def file_sha256(path):
-    """sha256 of a file, the identity gate files record for the model they were made on."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def main(args):
-    from .gates import GateBank
-    from .train_gates import load_model
+    from ..engine.gates import GateBank
+    from ..models.checkpoint import file_sha256, load_model
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
@@ -94,7 +86,7 @@ def main(args):
 
 
 def parser():
-    p = argparse.ArgumentParser(prog="python -m lazydit.lazy_core.calibrate", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m lazydit.lazy_core.training.calibrate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="the DiT the gates belong to")
     p.add_argument("--gates", required=True, help="gate file; rewritten in place unless --out is given")

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .adapters import Attachment, describe
+from ..engine.gates import MODULES, GateBank, GateInfo
+from ..engine.proxies import Attachment, describe
+from ..models.diffusion import GaussianDiffusion, space_timesteps
 from .denoisers import as_denoiser
-from .diffusion import GaussianDiffusion, space_timesteps
-from .gates import MODULES, GateBank, GateInfo
 
 EPS = 1e-20
 
@@ -297,11 +297,11 @@ def main(argv=None):
     import argparse
     import logging
 
-    from .calibrate import calibrate, file_sha256
-    from .diffusion import parse_step_counts
-    from .train_gates import load_model
+    from ..models.checkpoint import file_sha256, load_model
+    from ..models.diffusion import parse_step_counts
+    from .calibrate import calibrate
 
-    p = argparse.ArgumentParser(prog="python -m lazydit.lazy_core.sensitivity", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m lazydit.lazy_core.training.sensitivity", description=main.__doc__)
     p.add_argument("--model", required=True, help="DiT weights (.safetensors with a config, or official layout)")
     p.add_argument("--out", required=True)
     p.add_argument("--images", type=int, default=40)

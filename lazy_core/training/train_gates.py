@@ -1,7 +1,7 @@
 """Trains lazy gates on a frozen DiT or PixArt. Two objectives:
 
   sensitivity (default)  gates that see the final image: lazy costs measured along the model's own guided
-                         DDIM trajectories (lazy_core.sensitivity), the gates fitted to predict each
+                         DDIM trajectories (lazy_core.training.sensitivity), the gates fitted to predict each
                          image's cost from their input, and each run planned over its schedule. Trains
                          in minutes on a CPU for the demo model.
   local                  the paper's recipe (Shen et al. 2025, §3.3; method notes §1.5), below.
@@ -19,12 +19,12 @@ so each bucket is trained on the step sizes artists use. Two data sources:
   self   data-free self-distillation: x_{t_a} from the model's own DDIM trajectories (with CFG) from labels
          or prompts, so any checkpoint trains (PixArt through the ComfyUI node, which has its prompts).
 
-    python -m lazydit.lazy_core.train_gates --model weights/dit_demo_fashion.safetensors --out gates.safetensors
-    torchrun --nproc_per_node 2 -m lazydit.lazy_core.train_gates ...        # same global batch, split
+    python -m lazydit.lazy_core.training.train_gates --model weights/dit_demo_fashion.safetensors \
+        --out gates.safetensors
+    torchrun --nproc_per_node 2 -m lazydit.lazy_core.training.train_gates ...        # same global batch, split
 """
 
 import argparse
-import json
 import logging
 import os
 import random
@@ -33,13 +33,13 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
 
-from .adapters import Attachment, describe
+from ..engine.gates import GateBank, GateInfo
+from ..engine.proxies import Attachment, describe
+from ..models.checkpoint import file_sha256, load_model
+from ..models.diffusion import GaussianDiffusion, parse_step_counts, space_timesteps
+from ..models.dit import DiT
 from .denoisers import LabelDenoiser, as_denoiser
-from .diffusion import GaussianDiffusion, parse_step_counts, space_timesteps
-from .dit import DiT, DiTConfig
-from .gates import GateBank, GateInfo
 from .sensitivity import LEVELS, fit_gates, measure
 
 log = logging.getLogger(__name__)
@@ -170,17 +170,6 @@ def ddim_to(diffusion, x_a, t_a, t_b, eps):
     return acp_b.sqrt() * x0 + (1 - acp_b).sqrt() * eps
 
 
-def load_model(path):
-    sd = load_file(path)
-    from safetensors import safe_open
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
-    if "config" in meta:
-        model = DiT(DiTConfig(**json.loads(meta["config"])))
-        model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
-    else:
-        model = DiT.from_state_dict({k: v.float() for k, v in sd.items()})
-    return model.eval().requires_grad_(False)
 
 
 def train(model, args, real_latents=None, rank=0, world=1, labels=None, on_iter=None):
@@ -288,7 +277,7 @@ def main(args):
         raise SystemExit("--objective sensitivity runs on one process; use --objective local with torchrun")
     real = None
     if args.objective == "local" and args.source == "real":
-        from .train_demo import fashion_latents
+        from ..demo.train_demo import fashion_latents
         real = fashion_latents("train")
     gates = train(model, args, real, rank, world)
     if rank == 0:
@@ -300,7 +289,6 @@ def main(args):
             for n, table in per_steps.items():
                 trained = "trained" if n in parse_step_counts(args.step_counts) else "not trained"
                 log.info("%d steps (%s): %s", n, trained, ", ".join(f"{t:.2f}->{r:.1%}" for t, r in table))
-        from .calibrate import file_sha256
         gates.info.source_model = file_sha256(args.model)
         gates.save(args.out)
         log.info("wrote %s", args.out)
@@ -309,7 +297,7 @@ def main(args):
 
 
 def parser():
-    p = argparse.ArgumentParser(prog="python -m lazydit.lazy_core.train_gates", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m lazydit.lazy_core.training.train_gates", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="DiT weights (.safetensors with a config, or official layout)")
     p.add_argument("--out", required=True)

@@ -1,7 +1,7 @@
 """Lazy sampling outside ComfyUI (training, benchmarks, the CLI): one run, a row per sample."""
 
-from .dit import DiT
-from .engine import CacheOptions, RunState
+from ..models.dit import DiT
+from .cache import CacheOptions, RunState
 
 
 class LazyRun:

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..engine.run import LazyRun
+from ..models.diffusion import GaussianDiffusion, space_timesteps
 from . import fashion
 from .classifier import FashionClassifier, evaluate
-from .diffusion import GaussianDiffusion, space_timesteps
 from .metrics import frechet_distance, gaussian_stats, psnr, ssim
-from .run import LazyRun
 
 
 def latents_to_grey(z):
@@ -78,7 +78,7 @@ class Evaluator:
 
     def full_macs(self, steps, cfg):
         """Attention + MLP MACs per image of an exact run (both CFG rows)."""
-        from .adapters import module_macs
+        from ..engine.proxies import module_macs
         tokens = self.model.x_embedder.num_patches
         per_row = sum(a + m for a, m in module_macs(self.model.blocks, tokens))
         return per_row * steps * (2 if cfg != 1 else 1)

@@ -18,7 +18,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from .diffusion import space_timesteps
+from ..models.diffusion import space_timesteps
 
 MODULES = ("attn", "mlp")
 ATTN, MLP = 0, 1
@@ -62,7 +62,7 @@ class GateInfo:
     def from_metadata(cls, meta, name="gate file"):
         if meta.get("format") != FORMAT:
             raise GateFileError(f"{name} is not a LazyDiT gate file (metadata format={meta.get('format')!r}); "
-                                f"convert reference checkpoints with `python -m lazydit.lazy_core.gates convert`")
+                                "convert reference checkpoints with `python -m lazydit.lazy_core.engine.gates convert`")
         if int(meta.get("version", 0)) > VERSION:
             raise GateFileError(f"{name} has gate format version {meta['version']}, newer than this pack "
                                 f"understands ({VERSION}); update the node pack")
@@ -244,7 +244,7 @@ def load_reference_checkpoint(path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m lazydit.lazy_core.gates",
+    p = argparse.ArgumentParser(prog="python -m lazydit.lazy_core.engine.gates",
                                 description="Convert shawnricecake/lazydit gate checkpoints to LazyDiT gate files.")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("convert")

@@ -1,0 +1,1 @@
+"""The demo model's tooling: Fashion-MNIST data, its classifier, training and evaluation."""

@@ -1,0 +1,1 @@
+"""What runs while a model samples: gates, the per-run cache, policies, module proxies, the report."""

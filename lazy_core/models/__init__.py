@@ -1,0 +1,1 @@
+"""The models: DiT (facebookresearch/DiT layout), its Gaussian diffusion, the demo's pixel latent."""

@@ -1,0 +1,1 @@
+"""Making gates: training (sensitivity or the paper's local loss), measurement and calibration."""
