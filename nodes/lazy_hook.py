@@ -2,7 +2,7 @@
 
 OUTER_SAMPLE creates the run's state and frees it in `finally` (so nothing outlives a run, a failed or
 interrupted one included); APPLY_MODEL opens a call per batch chunk, laid out by the chunk's cond uuids,
-and swaps the adapters into the diffusion model's blocks for exactly that call.
+and swaps the module proxies into the diffusion model's blocks for exactly that call.
 """
 
 import functools
@@ -13,7 +13,7 @@ import torch
 from comfy.ldm.pixart.pixartms import PixArtMSBlock
 
 from ..lazy_core.engine.cache import CacheOptions, RunState
-from ..lazy_core.engine.proxies import PixArtBlockAdapter, describe, register_adapter
+from ..lazy_core.engine.proxies import describe, register_block
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ KEY = "lazydit"
 WRAPPERS = comfy.patcher_extension.WrappersMP
 STREAM_LABELS = {0: "positive", 1: "negative"}
 
-register_adapter(PixArtMSBlock, PixArtBlockAdapter)
+register_block(PixArtMSBlock, "pixart")          # self-attention and MLP; cross-attention computes
 
 
 class LazySession:
@@ -71,14 +71,14 @@ def outer_sample(session, executor, *args, **kwargs):
 
 def apply_model(session, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
                 **kwargs):
-    """One batch chunk: rows grouped by cond uuid; the adapters are attached for this call only."""
+    """One batch chunk: rows grouped by cond uuid; the proxies are attached for this call only."""
     state = session.state
     options = transformer_options if transformer_options is not None else {}
     uuids = options.get("uuids")
     if state is None or not uuids or x.shape[0] % len(uuids):
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
     base_model = executor.class_obj
-    timestep = float(base_model.model_sampling.timestep(t[:1]).float()[0])    # rows share one sigma
+    timestep = base_model.model_sampling.timestep(t[:1]).float()      # rows share one sigma; stays on the device
     labels = [STREAM_LABELS.get(c, f"cond {c}") for c in options.get("cond_or_uncond", [])] or ["batch"] * len(uuids)
     state.begin_call(uuids, labels, x.shape[0] // len(uuids), x, timestep)
     handle = state.attach(base_model.diffusion_model)

@@ -47,7 +47,8 @@ def run_calls(model, forward, policy, x, timesteps, RunState, plain=False):
     state = RunState(policy)
     half = x.shape[0] // 2
     for t in timesteps:
-        state.begin_call(["cond", "uncond"], ["positive", "negative"], half, x, float(t))
+        # The timestep arrives on the device, as in ComfyUI: reading it would be a host sync.
+        state.begin_call(["cond", "uncond"], ["positive", "negative"], half, x, torch.full((1,), t, device=x.device))
         handle = state.attach(model)
         try:
             forward(x, t)
@@ -105,21 +106,18 @@ def main(args):
     comfy_path()
     from comfy.ldm.pixart.pixartms import PixArtMSBlock
     from lazydit.lazy_core.engine.cache import RunState
-    from lazydit.lazy_core.engine.policies import ForcedRatio, NeverLazy, Policy
-    from lazydit.lazy_core.engine.proxies import PixArtBlockAdapter, module_macs, register_adapter
-    register_adapter(PixArtMSBlock, PixArtBlockAdapter)
+    from lazydit.lazy_core.engine.gates import GateBank, GateInfo
+    from lazydit.lazy_core.engine.policies import ForcedRatio, LearnedGates, NeverLazy
+    from lazydit.lazy_core.engine.proxies import describe, module_macs, register_block
+    register_block(PixArtMSBlock, "pixart")
 
-    class GateShaped(Policy):
-        """Decides every module like learned gates do (a pooled projection + host sync) but always computes,
-        and keeps the cache: the full per-module overhead of LearnedGates at a lazy ratio of 0."""
-
-        lazy_possible = True
-
-        def __init__(self, width, device):
-            self.w = torch.zeros(width, device=device)
-
-        def compute_mask(self, call, block, module, z):
-            return torch.sigmoid(z.float().mean(1) @ self.w) >= 0.5
+    def gates_never_lazy(model):
+        """Per-step log-cost gates with input weights, at a price no module is worth: every decision runs
+        (pooling, projection, the call's one host read) and the cache is kept, yet nothing is lazy."""
+        arch, depth, width = describe(model)
+        info = GateInfo(arch, depth, width, list(range(0, 1000, 50)), score="log-cost", granularity="step")
+        bank = GateBank(info, weight=torch.randn(depth, 2, 20, width) * 1e-3)
+        return LearnedGates(bank, threshold=-1e9)
 
     cases = [dit_case(int(px), args.dit_depth, device, dtype) for px in args.dit_px.split(",") if px]
     if args.pixart_px:
@@ -135,11 +133,10 @@ def main(args):
             gated = sum(a + m for a, m in macs)
             f = gated / (gated + other)
             depth = len(model.blocks)
-            width = model.blocks[0].attn.proj.in_features
             variants = {
                 "unpatched": (None, True),
                 "laziness 0 (never lazy)": (NeverLazy(), False),
-                "gates+cache, r=0": (GateShaped(width, device), False),
+                "learned gates, r=0": (gates_never_lazy(model), False),
                 "forced r=0.25": (ForcedRatio(0.25, depth), False),
                 "forced r=0.50": (ForcedRatio(0.5, depth), False),
             }

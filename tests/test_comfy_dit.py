@@ -199,7 +199,7 @@ def test_runs_plan_over_the_samplers_schedule(comfy, small_ckpt):
     timesteps = [float(t) for t in sampling.timestep(sigmas[:-1]).float()]
     policy = LearnedGates(bank, bank.threshold_for(0.6))
     RunState(policy, CacheOptions(), timesteps)
-    limits = torch.tensor(policy.limits[1])[:, 0, 0]
+    limits = policy.schedule[1][:, 0, 0]
     planned, previous = [], False
     for k, t in enumerate(timesteps):
         lazy = k > 0 and not previous and float(bank.prior[0, 0, bank.bucket(t)]) <= float(limits[k])

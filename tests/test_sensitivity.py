@@ -99,7 +99,7 @@ def test_plan_is_the_best_non_adjacent_set():
     bank = GateBank(info, bias=prior, prior=prior)
     policy = LearnedGates(bank, math.log(3.0))
     RunState(policy, timesteps=ts)
-    limits = torch.tensor(policy.limits[1])[:, 0, 0].exp()
+    limits = policy.schedule[1][:, 0, 0].exp()
     lazy = [k for k in range(1, 5) if float(bank.prior[0, 0, 4 - k].exp()) <= float(limits[k]) + 1e-6]
     assert lazy == [1, 4], f"lazy steps {lazy}, limits {limits.tolist()}"
 

@@ -1,9 +1,17 @@
 """The per-run lazy engine: one cache, keyed by stream (a prompt's cond uuid), then row, block and module.
 
-A `RunState` lives for exactly one sampling run. Each model call opens a `Call` that lays the batch out
-as segments (stream, rows); block adapters hand every gated module to `Call.run`, which asks the policy
-which rows compute, runs the module on those rows only (gather/scatter), fills the rest from the cache
-and records what happened. Tensors live only here, never on the model.
+A `RunState` lives for exactly one sampling run. Each model call opens a `Call` over the batch's layout:
+its streams in order, each owning a run of rows. The cache of a layout is one `Slab`: per gated module, a
+tensor over all of the layout's rows, read and written in place, so a call never concatenates per-stream
+caches (a new layout, e.g. a prompt that joins mid-run, is assembled once). Module proxies hand every gated
+module to `Call.run`, which asks the policy which rows compute, runs the module on those rows only, fills
+the rest from the cache and records what happened.
+
+Host syncs: decisions reach the host as lists, so the bookkeeping (which rows must compute, lazy runs,
+counts) is plain Python and costs the device nothing. A policy whose decision reads the model's
+activations (learned gates) pays one device-to-host read for it, once per call for per-step gates; policies
+that depend on the step index only (FORA, static masks) pay none. Timesteps stay on the device and are read
+once, when the report is made.
 """
 
 import time
@@ -17,6 +25,7 @@ from .proxies import Attachment, module_macs
 from .report import summarize
 
 REUSE = ("extrapolate", "repeat")
+NO_CACHE = 1 << 30          # a row's lazy run before its first computed output: larger than any limit
 
 
 @dataclass(frozen=True)
@@ -40,31 +49,84 @@ class CacheOptions:
 
 
 class StreamCache:
-    """One stream's cached pre-gate module outputs and per-row bookkeeping."""
+    """One stream's identity and statistics; its cached outputs live in the Slab of its current layout."""
 
     def __init__(self, label, rows, signature):
         self.label = label                  # "positive", "negative", "batch", ...
         self.rows = rows
         self.signature = signature          # (rows, latent shape, dtype, device); a change resets
-        self.outputs = {}                   # (block, module) -> (rows, T, D) last computed output
-        self.older = {}                     # (block, module) -> (rows, T, D) the one before (extrapolate)
-        self.times = {}                     # (block, module) -> (rows, 2) float64 timesteps of those two
-        self.lazy_run = {}                  # (block, module) -> (rows,) int64 on the host
+        self.slab = None                    # the Slab holding this stream's latest cache
         self.steps = 0                      # evaluations of this stream so far
-        self.timesteps = []                 # per evaluation
+        self.timesteps = []                 # per evaluation: 0-dim tensors, read when the report is made
         self.notes = []                     # per evaluation: why everything computed, or ""
         self.lazy = []                      # per evaluation: {(block, module): lazy rows}
-        self.tokens = 0
+
+
+class Slab:
+    """The cache of one batch layout (its streams in call order): per gated module, tensors over all rows.
+
+    out/older: (rows, T, D) last and second-to-last computed output (older only to extrapolate); times:
+    (rows, 2) their timesteps (NaN: none yet); runs: per row, lazy evaluations since it last computed
+    (NO_CACHE before the first). ranges: block-range Δs (Δ-DiT), whole-call."""
+
+    def __init__(self, streams):
+        self.streams = tuple(streams)
+        self.offsets = {}
+        rows = 0
+        for s in self.streams:
+            self.offsets[s] = rows
+            rows += s.rows
+        self.rows = rows
+        self.out, self.older, self.times, self.runs, self.ranges = {}, {}, {}, {}, {}
+
+    @classmethod
+    def assemble(cls, streams):
+        """The slab for a new layout, from the slabs its streams last lived in (rows never seen: no cache)."""
+        new = cls(streams)
+        keys = {k for s in streams if s.slab is not None for k in s.slab.out}
+        for key in keys:
+            outs, olders, times, runs = [], [], [], []
+            for s in streams:
+                old = s.slab
+                if old is not None and key in old.out:
+                    a = old.offsets[s]
+                    out = old.out[key][a:a + s.rows]
+                    outs.append(out)
+                    older = old.older.get(key)
+                    olders.append(out if older is None else older[a:a + s.rows])
+                    if key in old.times:
+                        times.append(old.times[key][a:a + s.rows])
+                    runs += old.runs[key][a:a + s.rows]
+                else:
+                    outs.append(None)
+                    olders.append(None)
+                    times.append(None)
+                    runs += [NO_CACHE] * s.rows
+            like = next(o for o in outs if o is not None)
+            fill = [torch.zeros((s.rows, *like.shape[1:]), dtype=like.dtype, device=like.device) for s in streams]
+            new.out[key] = torch.cat([o if o is not None else f for o, f in zip(outs, fill)])
+            if any(key in s.slab.older for s in streams if s.slab is not None and key in s.slab.out):
+                new.older[key] = torch.cat([o if o is not None else f for o, f in zip(olders, fill)])
+            if any(t is not None for t in times):
+                nan = torch.full((1, 2), float("nan"), device=like.device)
+                new.times[key] = torch.cat([t if t is not None else nan.expand(s.rows, 2)
+                                            for t, s in zip(times, streams)])
+            new.runs[key] = runs
+        for s in streams:
+            s.slab = new
+        return new
 
 
 class Call:
-    """One model call: the batch as segments of streams, this call's timestep, and the module runner."""
+    """One model call: the batch's layout, this call's timestep, and the module runner."""
 
-    def __init__(self, state, segments, timestep):
+    def __init__(self, state, segments, slab, t):
         self.state = state
         self.segments = segments            # [(StreamCache, start, stop)]
-        self.timestep = float(timestep)
-        self.rows = segments[-1][2]
+        self.slab = slab
+        self.rows = slab.rows
+        self.t = t                          # 0-dim float32 diffusion timestep on the model's device
+        self._host_t = None
         self.note = ""
         self.bucket = None
         # Per-row step index of its stream (host), for step-pattern policies.
@@ -72,11 +134,25 @@ class Call:
         self.range_plan = None              # (start, stop, lazy) for block-range policies
         self.plan_step = None               # index into the run's schedule, for planning policies
         self.step_mask = None               # a per-step policy's decision for this call's rows
+        self._index = {}                    # (rows to compute, device) -> (index tensor, mask tensor)
+        self._memo = {}                     # per-call results shared by modules with the same history
         state.policy.prepare(self)
         if self.range_plan is not None and self.range_plan[2]:
-            key = ("range",) + tuple(self.range_plan[:2])
-            if any(key not in s.outputs for s, _, _ in segments):
+            if tuple(self.range_plan[:2]) not in slab.ranges:
                 self.range_plan = (*self.range_plan[:2], False)     # a stream without Δ: compute
+
+    @property
+    def timestep(self):
+        """This call's timestep as a float. Reading it costs one host sync unless it came as a float."""
+        if self._host_t is None:
+            self.state.syncs += 1
+            self._host_t = float(self.t)
+        return self._host_t
+
+    def host(self, tensor):
+        """A device tensor's values as a list: the engine's one way to read the device (counted)."""
+        self.state.syncs += 1
+        return tensor.tolist()
 
     def block(self, index, forward, x, *args, **kwargs):
         """Output of block `index` = forward(x, ...), unless the policy caches a block range this step.
@@ -84,23 +160,20 @@ class Call:
         Block-range caching (Δ-DiT): at a computing step the range's output-minus-input Δ is kept; at a
         lazy step the range's first block returns x + Δ and the others pass x through. Range decisions
         are per call (the policy is input-independent), and a call with a stream lacking Δ computes."""
-        self.state.tokens = x.shape[1]            # for the MACs estimate, whichever path runs the modules
         plan = self.range_plan
         if plan is None or not plan[0] <= index < plan[1]:
             return forward(x, *args, **kwargs)
         start, stop, lazy = plan
-        key = ("range", start, stop)
         if lazy:
             if index == start:
-                delta = self._cached(key, x)
                 self._count_range_lazy(start, stop)
-                return x + delta
+                return x + self.slab.ranges[(start, stop)].to(device=x.device, dtype=x.dtype)
             return x
         if index == start:
             self._range_input = x
         out = forward(x, *args, **kwargs)
         if index == stop - 1:
-            self._store(key, out - self._range_input, torch.ones(self.rows, dtype=torch.bool))
+            self.slab.ranges[(start, stop)] = (out - self._range_input).detach()
             self._range_input = None
         return out
 
@@ -114,89 +187,126 @@ class Call:
         """Pre-gate output of `module` of `block` for every row: fn(z) where computed, the cache elsewhere.
 
         z: (rows, T, D) module input. Returns (rows, T, D)."""
+        self.state.tokens = z.shape[1]            # for the MACs estimate
         policy = self.state.policy
         if not policy.lazy_possible:
             return fn(z)
         key = (block, module)
-        wanted = policy.compute_mask(self, block, module, z)
-        if wanted is None:
-            compute = torch.ones(self.rows, dtype=torch.bool)
-        else:
-            compute = self._forced(key) | wanted.cpu()                # the one host sync of a decision
-        n = int(compute.sum())
-        if n == self.rows:
-            out = fn(z)                                                # (rows, T, D)
-        elif n == 0:
-            out = self._cached(key, z)
-        else:
-            idx = compute.nonzero().squeeze(1).to(z.device)
-            out = self._cached(key, z).index_copy(0, idx, fn(z.index_select(0, idx)))   # (rows, T, D)
-        self._store(key, out, compute)
+        slab = self.slab
+        runs = slab.runs.get(key)
+        compute = None                                          # None: every row computes
+        if runs is not None:
+            wanted = policy.compute_mask(self, block, module, z)
+            if wanted is not None:
+                if isinstance(wanted, torch.Tensor):
+                    wanted = self.host(wanted) if wanted.device.type != "cpu" else wanted.tolist()
+                limit = self.state.options.max_lazy_steps
+                compute = [bool(w) or r >= limit for w, r in zip(wanted, runs)]
+                if all(compute):
+                    compute = None
+        if compute is None:
+            fresh = fn(z)                                       # (rows, T, D)
+            self._keep_all(key, fresh)
+            return fresh
+        out = self._reuse(key, z)                               # (rows, T, D); may be the cache itself
+        if any(compute):
+            idx, _ = self._rows(compute, z.device)
+            fresh = fn(z.index_select(0, idx))                  # (n, T, D)
+            written = self._keep_rows(key, fresh, compute)
+            if out is not written:
+                out.index_copy_(0, idx, fresh)
+        slab.runs[key] = [0 if c else r + 1 for c, r in zip(compute, runs)]
+        self._count(key, compute)
         return out
 
-    def _forced(self, key):
-        """Rows that must compute whatever the policy says: no cache yet, or lazy too many steps in a row."""
-        limit = self.state.options.max_lazy_steps
-        parts = []
-        for s, start, stop in self.segments:
-            run = s.lazy_run.get(key)
-            parts.append(torch.ones(stop - start, dtype=torch.bool) if run is None else run >= limit)
-        return torch.cat(parts)
+    def _rows(self, compute, device):
+        """(indices, bool mask) of the computing rows on `device`: one small upload per pattern and call."""
+        k = (tuple(compute), str(device))
+        if k not in self._index:
+            mask = torch.tensor(compute, dtype=torch.bool)
+            self._index[k] = (mask.nonzero().squeeze(1).to(device), mask.to(device))
+        return self._index[k]
 
-    def _cached(self, key, z):
-        parts = []
-        for s, start, stop in self.segments:
-            out = s.outputs.get(key)
-            if out is None:
-                # A stream new in this call (a cond whose timestep range starts mid-run): its rows are forced
-                # to compute, so this placeholder is overwritten before anyone reads it.
-                parts.append(torch.zeros_like(z[start:stop]))
-                continue
-            if key in s.older:
-                t1, t2 = s.times[key].unbind(1)                                  # (rows,) each
-                slope = ((self.timestep - t1) / (t1 - t2)).nan_to_num(0.0, 0.0, 0.0)   # t2 NaN: repeat
-                slope = slope.to(device=out.device, dtype=out.dtype).view(-1, 1, 1)
-                out = out + slope * (out - s.older[key])                         # (rows, T, D)
-            parts.append(out)
-        out = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return out.to(device=z.device, dtype=z.dtype)
-
-    def _shift(self, s, key, rows, fresh):
-        """Extrapolating cache: computed rows move their last output to `older` and keep `fresh`; lazy rows
-        keep both (their slice of `fresh` is an extrapolation, not an output)."""
-        old = s.outputs.get(key)
-        times = s.times.get(key)
-        now = torch.full((len(rows),), self.timestep, dtype=torch.float64)
-        if old is None:
-            s.outputs[key] = fresh
-            s.times[key] = torch.stack([now, torch.full_like(now, float("nan"))], 1)
-            return
-        keep = rows.to(fresh.device).view(-1, 1, 1)
-        older = s.older.get(key, old)
-        s.older[key] = torch.where(keep, old, older)
-        s.outputs[key] = fresh if bool(rows.all()) else torch.where(keep, fresh, old)
-        s.times[key] = torch.where(rows[:, None], torch.stack([now, times[:, 0]], 1), times)
-
-    def _store(self, key, out, compute):
-        # `out` holds the cache for lazy rows and fresh values for the others, so a segment with any
-        # computed row simply keeps its slice of `out` (a view: no copy unless dtype/device differ).
+    def _cache_form(self, fresh):
         opts = self.state.options
+        fresh = fresh.detach()
+        if opts.dtype is None and opts.device is None:
+            return fresh
+        return fresh.to(device=opts.device or fresh.device, dtype=opts.dtype or fresh.dtype)
+
+    def _now(self, device):
+        k = ("t", str(device))
+        if k not in self._memo:
+            self._memo[k] = self.t.to(device=device, dtype=torch.float32)
+        return self._memo[k]
+
+    def _keep_all(self, key, fresh):
+        slab = self.slab
+        c = self._cache_form(fresh)
+        if self.state.options.reuse == "extrapolate":
+            last = slab.out.get(key)
+            if last is not None:
+                slab.older[key] = last
+            slab.times[key] = self._times_after(slab.times.get(key), None, c.device)
+        slab.out[key] = c
+        slab.runs[key] = [0] * slab.rows
+        self._count(key, None)
+
+    def _keep_rows(self, key, fresh, compute):
+        """Writes computed rows into the cache in place; returns the tensor written (the cache's `out`)."""
+        slab = self.slab
+        c = self._cache_form(fresh)
+        last = slab.out[key]
+        idx, _ = self._rows(compute, last.device)
+        if self.state.options.reuse == "extrapolate":
+            older = slab.older.get(key)
+            if older is None:
+                older = slab.older[key] = last.clone()
+            older.index_copy_(0, idx, last.index_select(0, idx))
+            slab.times[key] = self._times_after(slab.times.get(key), compute, last.device)
+        last.index_copy_(0, idx, c)
+        return last
+
+    def _times_after(self, times, compute, device):
+        """(rows, 2) timesteps of the two last outputs after the rows in `compute` (None: all) computed now.
+        Modules with the same history share one tensor, so each call computes it once."""
+        k = ("times", id(times), None if compute is None else tuple(compute))
+        hit = self._memo.get(k)
+        if hit is None:
+            now = self._now(device).expand(self.rows)
+            prev = times[:, 0] if times is not None else torch.full_like(now, float("nan"))
+            new = torch.stack([now, prev], 1)
+            if compute is not None:
+                new = torch.where(self._rows(compute, device)[1][:, None], new, times)
+            hit = self._memo[k] = (times, new)          # keeps `times` alive so its id stays unique
+        return hit[1]
+
+    def _reuse(self, key, z):
+        """The lazy stand-in for every row of `key`: the last output, or the line through the last two."""
+        slab = self.slab
+        last = slab.out[key]
+        older = slab.older.get(key)
+        if older is None or self.state.options.reuse == "repeat":
+            out = last
+        else:
+            out = torch.lerp(older, last, self._weight(slab.times[key], last.dtype))
+        if out.dtype != z.dtype or out.device != z.device:
+            out = out.to(device=z.device, dtype=z.dtype)
+        return out
+
+    def _weight(self, times, dtype):
+        """lerp weight 1 + (t - t1) / (t1 - t2) per row, (rows, 1, 1); 1 (repeat) where t2 is unknown."""
+        k = ("weight", id(times), dtype)
+        hit = self._memo.get(k)
+        if hit is None:
+            t1, t2 = times.unbind(1)
+            slope = ((self._now(times.device) - t1) / (t1 - t2)).nan_to_num(0.0, 0.0, 0.0)
+            hit = self._memo[k] = (times, (1 + slope).to(dtype).view(-1, 1, 1))
+        return hit[1]
+
+    def _count(self, key, compute):
         for s, start, stop in self.segments:
-            rows = compute[start:stop]
-            if isinstance(key[0], str):               # a block-range Δ: no per-row bookkeeping
-                s.outputs[key] = out[start:stop].detach()
-                continue
-            if bool(rows.any()):
-                fresh = out[start:stop].detach()
-                if opts.dtype is not None or opts.device is not None:
-                    fresh = fresh.to(device=opts.device or fresh.device, dtype=opts.dtype or fresh.dtype)
-                if opts.reuse == "extrapolate":
-                    self._shift(s, key, rows, fresh)
-                else:
-                    s.outputs[key] = fresh
-            previous = s.lazy_run.get(key, torch.zeros(stop - start, dtype=torch.long))
-            s.lazy_run[key] = torch.where(rows, 0, previous + 1)
-            s.lazy[-1][key] = int((~rows).sum())
+            s.lazy[-1][key] = 0 if compute is None else compute[start:stop].count(False)
 
 
 class RunState:
@@ -209,34 +319,44 @@ class RunState:
             policy.plan(list(timesteps))
         self.options = options
         self.streams = {}               # stream key -> StreamCache
-        self.call = None                # the Call in progress, read by the block adapters
+        self.call = None                # the Call in progress, read by the proxies
         self.calls = 0
-        self.blocks = []                # the model's original blocks, set by the adapters' Attachment
+        self.syncs = 0                  # device-to-host reads the engine made (Call.host)
+        self.blocks = []                # the model's original blocks, set by the Attachment
         self.tokens = 0                 # token count of the last module call, for the MACs estimate
         self._attachments = {}          # id(model) -> Attachment, built once per run
         self.started = time.perf_counter()
         self.seconds = 0.0
 
     def attach(self, model):
-        """Swaps this run's adapters into `model.blocks` (built on first use); returns the Attachment."""
+        """Swaps this run's proxies into the model's blocks (built on first use); returns the Attachment."""
         handle = self._attachments.get(id(model))
         if handle is None or handle.model is not model:
             handle = self._attachments[id(model)] = Attachment(model, self)
         return handle.attach()
 
     def begin_call(self, keys, labels, rows_per_key, latent, timestep):
-        """Opens a call over the batch: key i owns rows [i*rows_per_key, (i+1)*rows_per_key)."""
+        """Opens a call over the batch: key i owns rows [i*rows_per_key, (i+1)*rows_per_key). timestep: a
+        float, or a tensor whose first element is this call's diffusion timestep (kept on its device)."""
         signature = (rows_per_key, tuple(latent.shape[1:]), latent.dtype, latent.device)
-        segments = []
+        segments, streams = [], []
         for i, (key, label) in enumerate(zip(keys, labels)):
             stream = self.streams.get(key)
             if stream is None or stream.signature != signature:
                 stream = self.streams[key] = StreamCache(label, rows_per_key, signature)
+            streams.append(stream)
             segments.append((stream, i * rows_per_key, (i + 1) * rows_per_key))
-        self.call = Call(self, segments, timestep)
-        for stream, _, _ in segments:
-            stream.timesteps.append(self.call.timestep)
-            stream.notes.append(self.call.note)
+        slab = streams[0].slab
+        if slab is None or slab.streams != tuple(streams):
+            slab = Slab.assemble(streams)
+        if isinstance(timestep, torch.Tensor):
+            t, host = timestep.detach().reshape(-1)[0].float(), None
+        else:
+            t, host = torch.tensor(float(timestep), device=latent.device), float(timestep)
+        self.call = Call(self, segments, slab, t)
+        self.call._host_t = host if host is not None else self.call._host_t
+        for stream in streams:
+            stream.timesteps.append(t)
             stream.lazy.append({})
         self.calls += 1
         return self.call
@@ -244,16 +364,14 @@ class RunState:
     def end_call(self):
         for stream, _, _ in self.call.segments:
             stream.steps += 1
+            stream.notes.append(self.call.note)
         self.call = None
 
     def finish(self):
         """Frees every cached tensor; statistics stay."""
         self.seconds = time.perf_counter() - self.started
         for stream in self.streams.values():
-            stream.outputs.clear()
-            stream.older.clear()
-            stream.times.clear()
-            stream.lazy_run.clear()
+            stream.slab = None
         self._attachments.clear()
 
     def report(self):
@@ -268,6 +386,7 @@ class RunState:
             for step, counts in enumerate(s.lazy):
                 for (block, module), n in counts.items():
                     lazy[step, block, module] = n
-            out.append({"key": str(key), "label": s.label, "rows": s.rows, "timesteps": list(s.timesteps),
+            timesteps = torch.stack(s.timesteps).cpu().tolist() if s.timesteps else []
+            out.append({"key": str(key), "label": s.label, "rows": s.rows, "timesteps": timesteps,
                         "notes": list(s.notes), "lazy": lazy})
         return out

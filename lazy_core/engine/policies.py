@@ -1,8 +1,10 @@
 """Policies: each answers one question, "which rows compute this module at this step?".
 
-A policy returns None (every row computes) or a bool mask (rows,) with True = compute. It never touches
-the model or the cache; the engine adds the rules every policy shares (a row's first evaluation computes,
-at most `max_lazy_steps` lazy steps in a row) and does the caching.
+A policy returns None (every row computes) or a bool mask (rows,) with True = compute: a host list or CPU
+tensor costs nothing, a device tensor costs the engine one host read (so policies that read activations
+batch what they need into one `call.host`). It never touches the model or the cache; the engine adds
+the rules every policy shares (a row's first evaluation computes, at most `max_lazy_steps` lazy steps in
+a row) and does the caching.
 """
 
 import torch
@@ -31,6 +33,7 @@ class Policy:
 
     name = "never"
     lazy_possible = False     # False: the engine neither evaluates decisions nor stores outputs
+    ranges = False            # True: the policy caches block ranges (Call.block), so blocks get proxies too
 
     def plan(self, timesteps):
         """Per-run set-up from the run's schedule (diffusion timesteps in sampling order), when known."""
@@ -50,14 +53,17 @@ class LearnedGates(Policy):
     """LazyDiT gates; the cond and uncond rows of an image decide together on their mean logit (tie_rows).
 
     Probability gates (the paper, §3.3): an image computes a module iff sigmoid(logit) >= threshold.
-    Log-cost gates (lazy_core.training.sensitivity): the logit predicts what being lazy costs the final image, and
-    `threshold` is log λ, the price of one module evaluation. Knowing the run's schedule, the policy
-    spends laziness where it is worth most: with at most one lazy step in a row, the best lazy set for a
-    module is a maximum-weight set of non-adjacent steps, weights λ - cost. Solved backwards over the
+    Log-cost gates (lazy_core.training.sensitivity): the logit predicts what being lazy costs the final
+    image, and `threshold` is log λ, the price of one module evaluation. Knowing the run's schedule, the
+    policy spends laziness where it is worth most: with at most one lazy step in a row, the best lazy set
+    for a module is a maximum-weight set of non-adjacent steps, weights λ - cost. Solved backwards over the
     schedule's expected costs (the prior), F[k] = max(F[k+1], λ - cost[k] + F[k+2]), and being lazy at k
     pays iff the image's own cost there is at most λ - (F[k+1] - F[k+2]): a per-step threshold, so every
     decision stays one comparison. A schedule (no input weights) thus gets the optimal static plan, and
-    learned gates move it per image. Without a known schedule: lazy iff cost <= λ."""
+    learned gates move it per image. Without a known schedule: lazy iff cost <= λ.
+
+    Everything up to the decision runs on the model's device (nearest bucket, plan step, logit, threshold);
+    the decision and the bucket reach the host in one read. Per-step gates decide once per call."""
 
     name = "lazydit"
     lazy_possible = True
@@ -65,11 +71,12 @@ class LearnedGates(Policy):
     def __init__(self, gates: GateBank, threshold: float):
         self.gates = gates
         self.threshold = float(threshold)
-        self.trained = gates.trained.cpu()           # read per module: keep it on the host
+        self.trained = gates.trained.tolist()        # [depth][2][buckets], read on the host per module
         self.static = gates.static
         self.cost = gates.info.score == "log-cost"
         self.per_step = gates.info.granularity == "step"
-        self.limits = None                           # (timesteps (S,), log thresholds [S][depth][2])
+        self.schedule = None                         # (timesteps (S,), log thresholds (S, depth, 2))
+        self._on = {}                                # device -> the gate tensors there
 
     def plan(self, timesteps):
         if not self.cost or not len(timesteps):
@@ -85,35 +92,67 @@ class LearnedGates(Policy):
         for k in range(S - 1, -1, -1):
             F[k] = torch.maximum(F[k + 1], lam - cost[k] + F[k + 2])
         limit = lam - (F[1:S + 1] - F[2:S + 2])                             # (S, depth, 2)
-        # Plain floats: read once per module decision, so no tensor indexing in the hot path.
-        self.limits = (torch.tensor([float(t) for t in timesteps]), limit.clamp_min(1e-30).log().tolist())
+        self.schedule = (torch.tensor([float(t) for t in timesteps]), limit.clamp_min(1e-30).log())
 
-    def prepare(self, call):
-        call.bucket = self.gates.bucket(call.timestep)
-        if call.bucket is None:
-            call.note = f"no trained gate near t={call.timestep:.0f}"
-        elif self.limits is not None:
-            ts, _ = self.limits
-            call.plan_step = int((ts - call.timestep).abs().argmin())
+    def _tensors(self, device):
+        """The bank's tensors on `device`, moved once per run."""
+        on = self._on.get(device)
+        if on is None:
+            g = self.gates
+            on = self._on[device] = {
+                "centers": g._timesteps.to(device), "bias": g.bias.detach().float().to(device),
+                "weight": None if self.static else g.weight.detach().float().to(device),
+                "trained": g.trained.to(device)}
+            if self.schedule is not None:
+                on["plan_t"], on["limits"] = (x.to(device) for x in self.schedule)
+        return on
 
     def compute_mask(self, call, block, module, z):
-        if call.bucket is None or not bool(self.trained[block, module, call.bucket]):
+        if call.bucket is None:
+            if call.note:
+                return None                          # no trained gate near this call's timestep
+            mask = self._first(call, block, module, z)
+        elif self.per_step:
+            return call.step_mask if self.trained[block][module][call.bucket] else None
+        elif not self.trained[block][module][call.bucket]:
             return None
+        else:
+            return call.host(self._decide(call, block, module, z, self._tensors(z.device)))
         if self.per_step:
-            if (block, module) != (0, 0):
-                return call.step_mask                # the step's first gate decided for its image
-            call.step_mask = self._decide(call, 0, 0, z)
-            return call.step_mask
-        return self._decide(call, block, module, z)
+            call.step_mask = mask                    # the step's first gate decides for its image
+        return mask
 
-    def _decide(self, call, block, module, z):
-        logit = self.gates.logit(block, module, call.bucket, z, self.static)
+    def _first(self, call, block, module, z):
+        """The call's first decision, read together with its bucket and timestep in one host transfer."""
+        on = self._tensors(z.device)
+        t = call.t.to(device=z.device, dtype=torch.float32)
+        dist = (on["centers"] - t).abs()
+        call.gate_bucket = dist.argmin().view(1)
+        if self.schedule is not None:
+            call.gate_step = (on["plan_t"] - t).abs().argmin().view(1)
+        compute = self._decide(call, block, module, z, on)
+        *mask, bucket, gap, t = call.host(torch.cat([compute.float(), call.gate_bucket.float(),
+                                                     dist.index_select(0, call.gate_bucket), t.view(1)]))
+        call._host_t = t
+        if gap > self.gates.radius:
+            call.note = f"no trained gate near t={t:.0f}"
+            return None
+        call.bucket = int(bucket)
+        return mask if self.trained[block][module][call.bucket] else None
+
+    def _decide(self, call, block, module, z, on):
+        """(rows,) bool on the device: True = compute."""
+        bucket = call.gate_bucket
+        logit = on["bias"][block, module].index_select(0, bucket).expand(z.shape[0])
         if not self.static:
-            logit = tie_rows(call, logit)
+            w = on["weight"][block, module].index_select(0, bucket).squeeze(0)               # (D,)
+            pool = torch.mean if self.gates.info.pooling == "mean" else torch.sum
+            logit = tie_rows(call, pool(z, dim=1, dtype=torch.float32) @ w + logit)     # no fp32 copy of z
         if not self.cost:
             return torch.sigmoid(logit) >= self.threshold
-        limit = self.threshold if self.limits is None else self.limits[1][call.plan_step][block][module]
-        return logit > limit
+        if self.schedule is None:
+            return logit > self.threshold
+        return logit > on["limits"][:, block, module].index_select(0, call.gate_step)
 
 
 class RandomLazy(Policy):
@@ -196,6 +235,7 @@ class DeltaDiT(Policy):
 
     name = "delta-dit"
     lazy_possible = False        # no per-module decisions: the engine's block-range path does the work
+    ranges = True
 
     def __init__(self, depth: int, cached_blocks: int, boundary: float, interval: int):
         if not 1 <= cached_blocks <= depth:

@@ -1,155 +1,160 @@
-"""Block adapters: the stock block's computation, with each gated module routed through the run's cache.
+"""Module proxies: for the duration of one model call, each block's attention and MLP are stand-ins that hand
+their work to the run's cache; the block's own forward runs unchanged.
 
-One adapter per block layout. With nothing lazy an adapter performs exactly the stock block's operations
-in the same order, so its output is bit-identical. Adapters hold the original submodules without
-registering them, so the model's parameters, state dict and memory management stay untouched.
+The stock forward is the only statement of the block math, so with nothing lazy the output is bit-identical
+by construction, and any block whose two gated modules are children named like DiT's (`attn`, `mlp`) works.
+Blocks laid out differently register their module names (`register_block`). Proxies hold the original
+modules without registering them and are swapped in and out per call, so the model's parameters, state dict
+and memory management never see them.
 """
+
+from dataclasses import dataclass
 
 import torch.nn as nn
 
-from ..models.dit import DiTBlock, modulate
+from ..models.dit import DiTBlock
 from .gates import ATTN, MLP
 
 
-class BlockAdapter(nn.Module):
-    """Base: keeps the original block and the run state outside nn.Module's registry."""
+@dataclass(frozen=True)
+class Layout:
+    """How a block class exposes its gated modules: the architecture gate files name, and the child names
+    of its attention and MLP (the pair gates decide for; anything else, e.g. cross-attention, computes)."""
 
-    def __init__(self, block, index, state):
-        super().__init__()
-        object.__setattr__(self, "block", block)
-        object.__setattr__(self, "state", state)
-        self.index = index
-
-    @staticmethod
-    def module_macs(block, tokens):
-        """(attn, mlp) multiply-accumulates per row at `tokens` tokens."""
-        raise NotImplementedError
+    architecture: str
+    attn: str = "attn"
+    mlp: str = "mlp"
 
 
-def _linear_macs(*linears):
-    return sum(m.in_features * m.out_features for m in linears)
-
-
-class DiTBlockAdapter(BlockAdapter):
-    """DiT block (adaLN-Zero): gates on the modulated inputs of attention and MLP."""
-
-    architecture = "dit"
-
-    def forward(self, x, c):
-        return self.state.call.block(self.index, self._forward, x, c)
-
-    def _forward(self, x, c):
-        b, call = self.block, self.state.call
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = b.adaLN_modulation(c).chunk(6, dim=1)
-        z = modulate(b.norm1(x), shift_msa, scale_msa)                             # (N, T, D)
-        x = x + gate_msa.unsqueeze(1) * call.run(self.index, ATTN, b.attn, z)
-        z = modulate(b.norm2(x), shift_mlp, scale_mlp)                             # (N, T, D)
-        x = x + gate_mlp.unsqueeze(1) * call.run(self.index, MLP, b.mlp, z)
-        return x
-
-    @staticmethod
-    def module_macs(block, tokens):
-        d = block.attn.proj.in_features
-        attn = tokens * _linear_macs(block.attn.qkv, block.attn.proj) + 2 * tokens * tokens * d
-        return attn, tokens * _linear_macs(block.mlp.fc1, block.mlp.fc2)
-
-
-def t2i_modulate(x, shift, scale):
-    return x * (1 + scale) + shift
-
-
-class PixArtBlockAdapter(BlockAdapter):
-    """PixArt(-Σ) block (adaLN-single): gates on self-attention and MLP; cross-attention always computes."""
-
-    architecture = "pixart"
-
-    def forward(self, x, y, t, mask=None, HW=None, **kwargs):
-        return self.state.call.block(self.index, self._forward, x, y, t, mask, HW)
-
-    def _forward(self, x, y, t, mask=None, HW=None):
-        b, call = self.block, self.state.call
-        B = x.shape[0]
-        table = b.scale_shift_table[None].to(dtype=x.dtype, device=x.device)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (table + t.reshape(B, 6, -1)).chunk(6, dim=1)
-        z = t2i_modulate(b.norm1(x), shift_msa, scale_msa)                         # (N, T, D)
-        x = x + (gate_msa * call.run(self.index, ATTN, lambda rows: b.attn(rows, HW=HW), z))
-        x = x + b.cross_attn(x, y, mask)
-        z = t2i_modulate(b.norm2(x), shift_mlp, scale_mlp)                         # (N, T, D)
-        x = x + (gate_mlp * call.run(self.index, MLP, b.mlp, z))
-        return x
-
-    @staticmethod
-    def module_macs(block, tokens):
-        d = block.attn.proj.in_features
-        attn = tokens * _linear_macs(block.attn.qkv, block.attn.proj) + 2 * tokens * tokens * d
-        return attn, tokens * _linear_macs(block.mlp.fc1, block.mlp.fc2)
-
-
-# Block class -> adapter. Hosts register their own block classes (ComfyUI's PixArtMSBlock is registered by
-# the node pack, since lazy_core imports nothing from ComfyUI).
-ADAPTERS = {DiTBlock: DiTBlockAdapter}
+# Block class -> layout. Hosts register their own classes (ComfyUI's PixArtMSBlock is registered by the
+# node pack, since lazy_core imports nothing from ComfyUI).
+LAYOUTS = {DiTBlock: Layout("dit")}
 
 
 class UnsupportedModelError(TypeError):
-    """The model's blocks have no adapter."""
+    """The model's blocks have no attention/MLP pair the proxies can stand in for."""
 
 
-def adapter_for(block):
+def register_block(block_class, architecture, attn="attn", mlp="mlp"):
+    """Lets a host name the gated modules of its own block class."""
+    LAYOUTS[block_class] = Layout(architecture, attn, mlp)
+
+
+def layout_for(block):
     for cls in type(block).__mro__:
-        if cls in ADAPTERS:
-            return ADAPTERS[cls]
-    names = ", ".join(sorted(c.__name__ for c in ADAPTERS))
-    raise UnsupportedModelError(f"no lazy adapter for blocks of type {type(block).__name__}; supported: {names}")
+        if cls in LAYOUTS:
+            return LAYOUTS[cls]
+    kids = dict(block.named_children())
+    if isinstance(kids.get("attn"), nn.Module) and isinstance(kids.get("mlp"), nn.Module):
+        return Layout(type(block).__name__)          # a DiT-like block nobody registered
+    names = ", ".join(sorted(c.__name__ for c in LAYOUTS))
+    raise UnsupportedModelError(f"blocks of type {type(block).__name__} have no `attn` and `mlp` modules and no "
+                                f"registered layout; supported: {names} and DiT-like blocks")
+
+
+class ModuleProxy(nn.Module):
+    """Stands in for one gated module: the run's current call decides, per row, compute or reuse.
+
+    Extra arguments (PixArt's HW) pass through unchanged; they must not be per-row, since computing rows
+    are gathered from z alone."""
+
+    def __init__(self, module, block, kind, state):
+        super().__init__()
+        object.__setattr__(self, "module", module)
+        object.__setattr__(self, "state", state)
+        self.block, self.kind = block, kind
+
+    def forward(self, z, *args, **kwargs):
+        module = self.module
+        fn = (lambda rows: module(rows, *args, **kwargs)) if args or kwargs else module
+        return self.state.call.run(self.block, self.kind, fn, z)
+
+
+class BlockProxy(nn.Module):
+    """Stands in for a whole block, for policies that cache block ranges (Δ-DiT)."""
+
+    def __init__(self, block, index, state):
+        super().__init__()
+        object.__setattr__(self, "inner", block)
+        object.__setattr__(self, "state", state)
+        self.index = index
+
+    def forward(self, x, *args, **kwargs):
+        return self.state.call.block(self.index, self.inner, x, *args, **kwargs)
 
 
 class Attachment:
-    """Adapters for `model.blocks`, built once per run; attach()/detach() swap them in and put back the very
-    same ModuleList (one swap per model call, so other code never sees the adapters between calls)."""
+    """The proxies for one model, built once per run. attach() swaps them into the blocks (module proxies
+    always, block proxies when the run's policy caches ranges); detach() puts the very same modules back."""
 
     def __init__(self, model, state):
+        blocks = blocks_of(model)
         self.model = model
-        self.original = model.blocks
-        self.adapters = nn.ModuleList([adapter_for(blk)(blk, i, state) for i, blk in enumerate(self.original)])
-        state.blocks = list(self.original)
+        self.swaps = []                  # (parent's _modules, name, original, proxy)
+        for i, blk in enumerate(blocks):
+            layout = layout_for(blk)
+            for kind, name in ((ATTN, layout.attn), (MLP, layout.mlp)):
+                module = blk._modules[name]
+                if isinstance(module, ModuleProxy):
+                    raise RuntimeError("lazy proxies are already attached to this model: detach them first")
+                self.swaps.append((blk._modules, name, module, ModuleProxy(module, i, kind, state)))
+        if getattr(getattr(state, "policy", None), "ranges", False):
+            self.swaps += [(blocks._modules, str(i), blk, BlockProxy(blk, i, state)) for i, blk in enumerate(blocks)]
+        state.blocks = list(blocks)
 
     def attach(self):
-        blocks = self.model.blocks
-        if blocks is not self.original:
-            what = "lazy adapters are already attached" if blocks is self.adapters or (
-                len(blocks) and isinstance(blocks[0], BlockAdapter)) else "model.blocks changed"
-            raise RuntimeError(f"{what}: detach them first")
-        self.model.blocks = self.adapters
+        for modules, name, original, _ in self.swaps:
+            if modules[name] is not original:
+                what = "lazy proxies are already attached" if isinstance(modules[name], (ModuleProxy, BlockProxy)) \
+                    else "the model's blocks changed since this run began"
+                raise RuntimeError(f"{what}: detach them first")
+        for modules, name, _, proxy in self.swaps:
+            modules[name] = proxy
         return self
 
     def detach(self):
-        self.model.blocks = self.original
+        for modules, name, original, _ in self.swaps:
+            modules[name] = original
 
 
 def attach(model, state):
-    """Routes `model.blocks` through adapters bound to `state` until detach() is called."""
-    blocks = getattr(model, "blocks", None)
-    if isinstance(blocks, nn.ModuleList) and len(blocks) and isinstance(blocks[0], BlockAdapter):
-        raise RuntimeError("lazy adapters are already attached to this model; detach them first")
+    """Routes the gated modules of `model.blocks` through `state` until detach() is called."""
     return Attachment(model, state).attach()
 
 
-def describe(model):
-    """(architecture, depth, width) of a model whose blocks have an adapter; raises if none fits."""
+def blocks_of(model):
+    """The model's transformer blocks (its `blocks` ModuleList); a torch.compile wrapper is looked through."""
+    model = getattr(model, "_orig_mod", model)
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.ModuleList) or not len(blocks):
         raise UnsupportedModelError(f"{type(model).__name__} has no `blocks` list of transformer blocks; "
                                     f"LazyDiT supports DiT and PixArt models")
-    adapter = adapter_for(blocks[0])
-    return adapter.architecture, len(blocks), blocks[0].attn.proj.in_features
+    return blocks
+
+
+def _linears(module):
+    return [m for m in module.modules() if isinstance(m, nn.Linear)]
+
+
+def describe(model):
+    """(architecture, depth, width) of a model whose blocks the proxies support; width is the gated modules'
+    input width. Raises UnsupportedModelError if none fits."""
+    blocks = blocks_of(model)
+    layout = layout_for(blocks[0])
+    linears = _linears(blocks[0]._modules[layout.attn])
+    if not linears:
+        raise UnsupportedModelError(f"the `{layout.attn}` module of {type(blocks[0]).__name__} has no linear layers")
+    return layout.architecture, len(blocks), linears[0].in_features
 
 
 def module_macs(blocks, tokens):
-    """[(attn, mlp)] MACs per row for each block at `tokens` tokens."""
-    return [adapter_for(blk).module_macs(blk, tokens) for blk in blocks]
-
-
-def register_adapter(block_class, adapter_class):
-    """Lets a host map its own block class to an adapter (the layouts here are the ones supported)."""
-    if adapter_class not in (DiTBlockAdapter, PixArtBlockAdapter):
-        raise ValueError(f"unknown adapter {adapter_class!r}")
-    ADAPTERS[block_class] = adapter_class
+    """[(attn, mlp)] multiply-accumulates per row of each block at `tokens` tokens: every linear layer of the
+    module, plus QK^T and AV for attention (2 T^2 d, d the width its output projection reads)."""
+    out = []
+    for blk in blocks:
+        layout = layout_for(blk)
+        attn, mlp = (_linears(blk._modules[name]) for name in (layout.attn, layout.mlp))
+        per_token = [sum(m.in_features * m.out_features for m in mods) for mods in (attn, mlp)]
+        scores = 2 * tokens * tokens * attn[-1].in_features if attn else 0
+        out.append((tokens * per_token[0] + scores, tokens * per_token[1]))
+    return out

@@ -37,7 +37,7 @@ class LazyRun:
 
     def __call__(self, x, t, cond, stream="batch"):
         keys = list(self.streams) if self.streams else [stream]
-        self.state.begin_call(keys, keys, x.shape[0] // len(keys), x, float(t[0]))
+        self.state.begin_call(keys, keys, x.shape[0] // len(keys), x, t)
         try:
             return self.forward(x, t, cond)
         finally:
