@@ -145,8 +145,7 @@ class Call:
     def timestep(self):
         """This call's timestep as a float. Reading it costs one host sync unless it came as a float."""
         if self._host_t is None:
-            self.state.syncs += 1
-            self._host_t = float(self.t)
+            self._host_t = self.host(self.t)
         return self._host_t
 
     def host(self, tensor):
@@ -223,8 +222,8 @@ class Call:
         """(indices, bool mask) of the computing rows on `device`: one small upload per pattern and call."""
         k = (tuple(compute), str(device))
         if k not in self._index:
-            mask = torch.tensor(compute, dtype=torch.bool)
-            self._index[k] = (mask.nonzero().squeeze(1).to(device), mask.to(device))
+            self._index[k] = (torch.tensor([i for i, c in enumerate(compute) if c], device=device),
+                              torch.tensor(compute, dtype=torch.bool, device=device))
         return self._index[k]
 
     def _cache_form(self, fresh):
