@@ -374,3 +374,29 @@ def test_gate_training_on_pixart_prompts(pixart, comfy):
     assert costs_bank.info.score == "log-cost" and torch.isfinite(costs_bank.prior).all()
     top, _ = calibrate(den, costs_bank, step_counts=(6,), thresholds=(float(costs_bank.prior.max()) + 1,), rows=2)
     assert top[0][1] > 0.3, f"at a price above every cost the plan is lazy every other step: {top}"
+
+
+def timestep_range(cond, start, end):
+    import nodes as comfy_nodes
+
+    return comfy_nodes.ConditioningSetTimestepRange().set_range(cond, start, end)[0]
+
+
+@pytest.mark.parametrize("patch", ["fora", "gates"])
+def test_a_prompt_joining_and_leaving_mid_run(pixart, patch):
+    """Conditionings with a timestep range: prompt B joins at 50 % of the run while the others are lazy, and
+    prompt C leaves at 50 %. B's first evaluation computes; A and the negative stay lazy across both layout
+    changes (their cache is carried into the new batch layout); the run finishes with finite output."""
+    patched = apply_fora(pixart, 2) if patch == "fora" else apply(pixart, gates_for("pixart", 3, 64), 1.0)
+    a, b, c = prompt(6, 1), prompt(6, 3), prompt(6, 4)
+    positive = a + timestep_range(b, 0.5, 1.0) + timestep_range(c, 0.0, 0.5)
+    out = sample(patched, positive, NEG, steps=10)
+    assert torch.isfinite(out).all()
+    streams = report(patched)["streams"]
+    assert len(streams) == 4, [s["label"] for s in streams]
+    steps = sorted(s["lazy"].shape[0] for s in streams)
+    assert steps[0] < 10 and steps[1] < 10 and steps[-1] == 10, steps       # B and C run part of the way
+    for s in streams:
+        assert s["lazy"][0].sum() == 0, "a stream's first evaluation computes"
+    full = [s for s in streams if s["lazy"].shape[0] == 10]
+    assert all(s["lazy"][6:].sum() > 0 for s in full), "lazy after the layout changed"
