@@ -10,6 +10,7 @@ and memory management never see them.
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn as nn
 
 from ..models.dit import DiTBlock
@@ -64,6 +65,9 @@ class ModuleProxy(nn.Module):
         object.__setattr__(self, "state", state)
         self.block, self.kind = block, kind
 
+    # Under torch.compile the decision is host work on per-row data: dynamo would break the graph here anyway
+    # and recompile per block. Running the proxy eagerly keeps the compiled graphs between modules stable.
+    @torch.compiler.disable
     def forward(self, z, *args, **kwargs):
         module = self.module
         fn = (lambda rows: module(rows, *args, **kwargs)) if args or kwargs else module
@@ -79,6 +83,7 @@ class BlockProxy(nn.Module):
         object.__setattr__(self, "state", state)
         self.index = index
 
+    @torch.compiler.disable
     def forward(self, x, *args, **kwargs):
         return self.state.call.block(self.index, self.inner, x, *args, **kwargs)
 
