@@ -123,3 +123,18 @@ def test_torchrun_two_processes_match_one(model_file, tmp_path):
     assert two.info.recipe["world_size"] == 2 and one.info.recipe["world_size"] == 1
     torch.testing.assert_close(two.weight, one.weight, atol=1e-4, rtol=1e-3)
     assert one.weight.abs().sum() > 0
+
+
+def test_device_choice():
+    """--device auto takes this process's GPU under torchrun (LOCAL_RANK) or the CPU; asking for CUDA where
+    there is none is a clear error."""
+    import torch
+    from lazydit.lazy_core.training import launch
+
+    assert launch.device_for("cpu") == torch.device("cpu")
+    if torch.cuda.is_available():
+        assert launch.device_for("auto").type == "cuda"
+    else:
+        assert launch.device_for("auto") == torch.device("cpu")
+        with pytest.raises(SystemExit, match="CUDA is not available here; use --device cpu"):
+            launch.device_for("cuda")

@@ -68,9 +68,10 @@ def cost_grid(gates, points=16):
 def main(args):
     from ..engine.gates import GateBank
     from ..models.checkpoint import file_sha256, load_model
+    from .launch import device_for
 
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)
+    model = load_model(args.model).to(device_for(args.device))
     gates = GateBank.load(args.gates)
     gates.check_fits("dit", model.config.depth, model.config.hidden_size, name=args.gates)
     counts = parse_step_counts(args.step_counts)
@@ -93,6 +94,7 @@ def parser():
     p.add_argument("--out", default=None)
     p.add_argument("--step-counts", default="10,20,50")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="auto", help="auto: a GPU if there is one, else cpu")
     return p
 
 

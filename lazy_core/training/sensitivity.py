@@ -299,6 +299,7 @@ def main(argv=None):
 
     from ..models.checkpoint import file_sha256, load_model
     from ..models.diffusion import parse_step_counts
+    from . import launch
     from .calibrate import calibrate
 
     p = argparse.ArgumentParser(prog="python -m lazydit.lazy_core.training.sensitivity", description=main.__doc__)
@@ -310,10 +311,11 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=1000, help="held out from the benchmarks' seed 0")
     p.add_argument("--calibrate", default="10,20,30,50")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="auto", help="auto: a GPU if there is one, else cpu")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)
+    model = load_model(args.model).to(launch.device_for(args.device))
     costs = measure(model, args.steps, args.images, args.cfg_scale, args.seed)
     bank = schedule_bank(model, costs, recipe={"measure_steps": args.steps, "images": args.images,
                                                "cfg_scale": args.cfg_scale, "seed": args.seed,

@@ -26,7 +26,6 @@ so each bucket is trained on the step sizes artists use. Two data sources:
 
 import argparse
 import logging
-import os
 import random
 import time
 
@@ -39,6 +38,7 @@ from ..engine.proxies import Attachment, describe
 from ..models.checkpoint import file_sha256, load_model
 from ..models.diffusion import GaussianDiffusion, parse_step_counts, space_timesteps
 from ..models.dit import DiT
+from . import launch
 from .denoisers import LabelDenoiser, as_denoiser
 from .sensitivity import LEVELS, fit_gates, measure
 
@@ -218,7 +218,7 @@ def train(model, args, real_latents=None, rank=0, world=1, labels=None, on_iter=
             x0, y = real_latents[0][idx], real_latents[1][idx]
             noise = torch.randn(x0.shape, generator=g)
             x_a = diffusion.q_sample(x0, torch.full((args.batch,), ta), noise).to(device)
-            cond = torch.where(torch.rand(args.batch, generator=g) < args.null_prob, denoiser.null, y)
+            cond = torch.where(torch.rand(args.batch, generator=g) < args.null_prob, denoiser.null, y).to(device)
         sl = slice(rank * local, (rank + 1) * local)
         x_a, cond = x_a[sl], cond[sl]
         t_a, t_b = torch.full((local,), ta, device=device), torch.full((local,), tb, device=device)
@@ -262,17 +262,13 @@ def train_sensitivity(denoiser, args, on_iter=None):
 
 
 def main(args):
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = 0
-    if world > 1:
-        dist.init_process_group("gloo")
-        rank = dist.get_rank()
+    device, rank, world = launch.start(args.device)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     torch.set_num_threads(args.threads)
     if args.batch % world:
         raise SystemExit(f"--batch {args.batch} must divide evenly over {world} processes")
-    model = load_model(args.model)
+    model = load_model(args.model).to(device)
     if args.objective == "sensitivity" and world > 1:
         raise SystemExit("--objective sensitivity runs on one process; use --objective local with torchrun")
     real = None
@@ -292,8 +288,7 @@ def main(args):
         gates.info.source_model = file_sha256(args.model)
         gates.save(args.out)
         log.info("wrote %s", args.out)
-    if world > 1:
-        dist.destroy_process_group()
+    launch.stop(world)
 
 
 def parser():
@@ -322,6 +317,7 @@ def parser():
                    help="step counts to measure the threshold -> lazy ratio table at ('' = skip)")
     p.add_argument("--seed", type=int, default=1000, help="held out from the benchmarks' seed 0")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="auto", help="auto: the GPU of this process (LOCAL_RANK) if any, else cpu")
     p.add_argument("--log-every", type=int, default=50)
     return p
 
