@@ -11,8 +11,10 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..lazy_core.demo.fashion import names_for
 from ..lazy_core.models.diffusion import parse_step_counts
 from ..lazy_core.models.dit import DiT
+from ..lazy_core.models.labels import parse_labels
 from ..lazy_core.training.calibrate import calibrate
 from ..lazy_core.training.denoisers import ContextDenoiser, LabelDenoiser
 from ..lazy_core.training.sensitivity import measure, schedule_bank
@@ -26,26 +28,13 @@ SCHEDULE_STEPS = 20                       # trajectories measured at DDIM 20; th
 SCHEDULE_CALIBRATION = (10, 20, 30, 50)
 
 
-def parse_labels(text, num_classes):
-    """"all" or a comma-separated list of class indices -> list[int]; raises naming the bad entry."""
-    if text.strip().lower() in ("", "all"):
-        return list(range(num_classes))
-    labels = []
-    for part in text.split(","):
-        part = part.strip().split(":")[0]
-        if not part.isdigit() or not 0 <= int(part) < num_classes:
-            raise ValueError(f"label {part!r} is not a class index in 0..{num_classes - 1}; write e.g. '1, 5, 9' "
-                             f"or 'all'")
-        labels.append(int(part))
-    return labels
-
-
 def make_denoiser(model, labels, positive, negative, latent):
     """The model as lazy_core training sees it: class labels for a DiT, prompt contexts for PixArt."""
     base = model.model
     net = base.diffusion_model
     if isinstance(net, DiT):
-        return LabelDenoiser(net, parse_labels(labels, net.config.num_classes))
+        n = net.config.num_classes
+        return LabelDenoiser(net, parse_labels(labels, n, names_for(n)))
     missing = [n for n, v in (("positive", positive), ("negative", negative), ("latent", latent)) if v is None]
     if missing:
         raise ValueError(f"Train Lazy Gates on {type(net).__name__} (a text-conditioned model) learns from prompts: "
@@ -76,7 +65,8 @@ class TrainLazyGates(io.ComfyNode):
                         "GPU; the small demo model trains in a few minutes on a CPU.",
             inputs=[
                 io.Model.Input("model", tooltip="A DiT (Load DiT Checkpoint) or a PixArt model."),
-                io.String.Input("labels", default="all", tooltip="DiT: classes to learn from, 'all' or '1, 5, 9'."),
+                io.String.Input("labels", default="all", tooltip="DiT: classes to learn from: 'all', '0-9', "
+                                                                  "'1, 5, 9' or demo class names."),
                 io.Int.Input("iterations", default=300, min=10, max=20000, tooltip="Training iterations "
                              "(paper: 500)."),
                 io.Int.Input("batch", default=32, min=2, max=1024, step=2, tooltip="Rows per iteration."),
@@ -171,7 +161,8 @@ class SensitivitySchedule(io.ComfyNode):
                         "models/lazy_gates.",
             inputs=[
                 io.Model.Input("model", tooltip="A DiT (Load DiT Checkpoint) or a PixArt model."),
-                io.String.Input("labels", default="all", tooltip="DiT: classes to measure on, 'all' or '1, 5, 9'."),
+                io.String.Input("labels", default="all", tooltip="DiT: classes to measure on: 'all', '0-9', "
+                                                                  "'1, 5, 9' or demo class names."),
                 io.Int.Input("images", default=16, min=2, max=256, tooltip="Trajectories measured; more is "
                              "steadier and slower."),
                 io.Float.Input("cfg", default=4.0, min=1.0, max=20.0, step=0.1,
