@@ -1,17 +1,12 @@
 """Loaders: DiT checkpoints (official .pt or .safetensors) and the demo model's pixel VAE stand-in."""
 
-import json
 import os
-import pickle
-import zipfile
 
 import folder_paths
-import safetensors.torch
-import torch
 from comfy_api.latest import io
 
 from ..lazy_core.models import pixel_latent
-from ..lazy_core.models.dit import CheckpointError, DiTConfig, unwrap_state_dict
+from ..lazy_core.models.checkpoint import read_checkpoint
 from . import dit_model
 from .lazy_nodes import CATEGORY
 
@@ -36,40 +31,6 @@ def resolve(name):
     raise FileNotFoundError(f"checkpoint {name!r} is not in models/checkpoints or models/diffusion_models")
 
 
-def read_config(path):
-    """The DiTConfig a .safetensors file records in its metadata (files this pack writes), or None."""
-    if not path.endswith(".safetensors"):
-        return None
-    with safetensors.safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
-    return DiTConfig(**json.loads(meta["config"])) if "config" in meta else None
-
-
-def read_state_dict(path, name):
-    """A plain tensor dict from .safetensors or a weights-only torch file; errors name the file and the fix."""
-    try:
-        if path.endswith(".safetensors"):
-            return safetensors.torch.load_file(path)
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{name} was refused: it is a pickle that wants to run code or build non-tensor objects, which is "
-            f"never executed here ({str(err).splitlines()[0]}). Use the official DiT .pt or a .safetensors "
-            f"file") from err
-    except (RuntimeError, OSError, EOFError, ValueError, IndexError, KeyError, zipfile.BadZipFile,
-            safetensors.SafetensorError) as err:
-        # torch's weights-only unpickler reports garbage input through several exception types.
-        raise CheckpointError(f"{name} cannot be read ({type(err).__name__}: {str(err).splitlines()[0]}); "
-                              f"the file is truncated or corrupt: download it again") from err
-    if not isinstance(sd, dict):
-        raise CheckpointError(f"{name} holds a {type(sd).__name__}, not a state dict of tensors")
-    sd = unwrap_state_dict(sd)
-    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(f"{name}: entries {bad[:3]} are not tensors; expected a plain DiT state dict")
-    return sd
-
-
 class LoadDiT(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -91,12 +52,8 @@ class LoadDiT(io.ComfyNode):
 
     @classmethod
     def execute(cls, ckpt_name, latent):
-        path = resolve(ckpt_name)
-        sd = read_state_dict(path, ckpt_name)
-        try:
-            return io.NodeOutput(dit_model.build(sd, latent, ckpt_name, config=read_config(path)))
-        except CheckpointError as err:
-            raise CheckpointError(f"{ckpt_name}: {err}") from err
+        sd, config = read_checkpoint(resolve(ckpt_name), ckpt_name)
+        return io.NodeOutput(dit_model.build(sd, latent, ckpt_name, config=config))
 
 
 class PixelVAE:

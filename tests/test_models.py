@@ -86,3 +86,90 @@ def test_label_errors_are_short_and_name_the_entry(text, message):
         parse_labels(text, 1000)
     assert message in str(err.value), str(err.value)
     assert len(str(err.value)) < 1024
+
+
+#################################################################################
+#                           Checkpoint files                                     #
+#################################################################################
+
+TINY = dict(input_size=8, depth=2, hidden_size=64, num_heads=1, num_classes=10)
+
+
+def tiny_state_dict():
+    from lazydit.lazy_core.models.dit import DiT, DiTConfig
+
+    torch.manual_seed(0)
+    return {k: v.contiguous() for k, v in DiT(DiTConfig(**TINY)).state_dict().items()}
+
+
+def with_config(**change):
+    import json
+    return {"config": json.dumps({**TINY, **change})}
+
+
+def broken_checkpoints():
+    """(file name, state dict or raw bytes, safetensors metadata, expected part of the error)."""
+    sd = tiny_state_dict()
+
+    def without(*keys):
+        return {k: v for k, v in sd.items() if k not in keys}
+    return [
+        ("empty.pt", b"", None, "empty.pt is empty (0 bytes)"),
+        ("nothing.pt", {}, None, "not a DiT checkpoint: keys ['x_embedder.proj.weight', "),
+        ("list.pt", [1, 2], None, "holds a list, not a state dict"),
+        ("strings.pt", {**sd, "note": "hello"}, None, "entries ['note'] are not tensors"),
+        ("no_fc1.safetensors", without("blocks.0.mlp.fc1.weight"), None,
+         "keys ['blocks.0.mlp.fc1.weight'] are missing"),
+        ("flat.safetensors", {**sd, "x_embedder.proj.weight": torch.zeros(64, 16)}, None,
+         "x_embedder.proj.weight has shape (64, 16), expected a non-empty 4-D tensor"),
+        ("part.safetensors", without("blocks.1.mlp.fc2.weight"), None, "missing: blocks.1.mlp.fc2.weight"),
+        ("extra.safetensors", {**sd, "extra.weight": torch.zeros(2)}, None, "unexpected: extra.weight"),
+        ("shape.safetensors", {**sd, "t_embedder.mlp.2.weight": torch.zeros(64, 32)}, None,
+         "wrong shape: t_embedder.mlp.2.weight (64, 32) (expected (64, 64))"),
+        ("nan.safetensors", {**sd, "blocks.1.attn.qkv.weight": torch.full((192, 64), float("nan"))}, None,
+         "1 of 32 tensors hold NaN or inf (blocks.1.attn.qkv.weight)"),
+        ("heads7.safetensors", sd, with_config(num_heads=7), "num_heads 7, which does not divide the width 64"),
+        ("depth.safetensors", sd, with_config(depth=3), "disagrees with its tensors: depth 3 (tensors: 2)"),
+        ("classes.safetensors", sd, with_config(num_classes=1000), "num_classes 1000 (tensors: 10)"),
+        ("dropout.safetensors", sd, with_config(class_dropout_prob="0.1"), "class_dropout_prob '0.1'"),
+        ("unknown.safetensors", sd, with_config(layers=2), "the 'config' in its metadata is not a DiT config"),
+        ("json.safetensors", sd, {"config": "{depth: 2"}, "the 'config' in its metadata is not a DiT config"),
+    ]
+
+
+@pytest.mark.parametrize("case", broken_checkpoints(), ids=lambda c: c[0])
+def test_broken_checkpoints_give_clear_errors(tmp_path, case):
+    """Every way a DiT file can be unusable is a short CheckpointError naming the file, the problem and the
+    fix, raised before a model is built."""
+    from lazydit.lazy_core.models.checkpoint import read_checkpoint
+    from lazydit.lazy_core.models.dit import CheckpointError
+    from safetensors.torch import save_file
+
+    name, content, meta, message = case
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif name.endswith(".safetensors"):
+        save_file(content, str(path), metadata=meta)
+    else:
+        torch.save(content, path)
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(str(path), name)
+    text = str(err.value)
+    assert text.startswith(name) and message in text, text
+    assert len(text) < 1024, len(text)
+
+
+def test_checked_checkpoint_loads(tmp_path):
+    """A complete file with an agreeing metadata config passes every check, in both formats."""
+    from lazydit.lazy_core.models.checkpoint import read_checkpoint
+    from safetensors.torch import save_file
+
+    sd = tiny_state_dict()
+    save_file(sd, str(tmp_path / "ok.safetensors"), metadata=with_config())
+    torch.save(sd, tmp_path / "ok.pt")
+    for name in ("ok.safetensors", "ok.pt"):
+        _, config = read_checkpoint(str(tmp_path / name))
+        assert (config.depth, config.hidden_size, config.num_classes) == (2, 64, 10)
+    assert read_checkpoint(str(tmp_path / "ok.safetensors"))[1].num_heads == 1, "metadata heads are used"
+    assert read_checkpoint(str(tmp_path / "ok.pt"))[1].num_heads == 1, "width 64: the paper's width // 64"
