@@ -19,6 +19,7 @@ from ..lazy_core.training.calibrate import calibrate
 from ..lazy_core.training.denoisers import ContextDenoiser, LabelDenoiser
 from ..lazy_core.training.sensitivity import measure, schedule_bank
 from ..lazy_core.training.train_gates import parser, train
+from .checks import answer, check_choice, check_number
 from .lazy_nodes import CATEGORY, GATES
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,17 @@ log = logging.getLogger(__name__)
 OBJECTIVES = {"sensitivity": "sensitivity", "local (paper)": "local"}
 SCHEDULE_STEPS = 20                       # trajectories measured at DDIM 20; the plan serves any step count
 SCHEDULE_CALIBRATION = (10, 20, 30, 50)
+
+
+def check_training(step_counts, laziness_pressure, objective):
+    if step_counts is not None:
+        parse_step_counts(step_counts)
+    check_number("laziness_pressure", laziness_pressure, 0.0, 0.1, "the paper's range is 1e-7 .. 1e-2")
+    check_choice("objective", objective, OBJECTIVES)
+
+
+def check_cfg(cfg):
+    check_number("cfg", cfg, 1.0, 20.0, "the guidance scale you sample with")
 
 
 def make_denoiser(model, labels, positive, negative, latent):
@@ -92,11 +104,14 @@ class TrainLazyGates(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, step_counts=None, laziness_pressure=None, objective=None):
+        return answer(check_training, step_counts, laziness_pressure, objective)
+
+    @classmethod
     def execute(cls, model, labels, iterations, batch, laziness_pressure, step_counts, seed, filename_prefix,
                 positive=None, negative=None, latent=None, objective="sensitivity"):
-        counts = parse_step_counts(step_counts)    # a bad entry fails before any work is done
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective {objective!r} is not one of {list(OBJECTIVES)}")
+        check_training(step_counts, laziness_pressure, objective)
+        counts = parse_step_counts(step_counts)
         mm.load_models_gpu([model])                # first: the denoiser works where the model now is
         denoiser = make_denoiser(model, labels, positive, negative, latent)
         args = parser().parse_args(["--model", "-", "--out", "-", "--iters", str(iterations), "--batch", str(batch),
@@ -179,8 +194,13 @@ class SensitivitySchedule(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, cfg=None):
+        return answer(check_cfg, cfg)
+
+    @classmethod
     def execute(cls, model, labels, images, cfg, seed, filename_prefix, positive=None, negative=None,
                 latent=None):
+        check_cfg(cfg)
         mm.load_models_gpu([model])
         denoiser = make_denoiser(model, labels, positive, negative, latent)
         pbar = comfy.utils.ProgressBar(1)
