@@ -24,6 +24,13 @@ class PixelLatent(comfy.latent_formats.LatentFormat):
 
 
 LATENT_FORMATS = {"sd15": comfy.latent_formats.SD15, "pixel": PixelLatent}
+CFG_MODES = ("all channels", "official DiT (3 channels)")
+
+
+def guide_three_channels(args):
+    """Post-CFG function: facebookresearch/DiT's forward_with_cfg guides eps channels 0-2 only, and channel
+    3 keeps the cond prediction. The result is linear in eps, so the denoised form gives the same."""
+    return torch.cat([args["denoised"][:, :3], args["cond_denoised"][:, 3:]], dim=1)
 
 
 class ComfyDiT(DiT):

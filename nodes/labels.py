@@ -3,7 +3,8 @@
 import torch
 from comfy_api.latest import io
 
-from ..lazy_core.demo.fashion import CLASSES as FASHION
+from ..lazy_core.demo.fashion import names_for
+from ..lazy_core.models.labels import parse_labels
 from .lazy_nodes import CATEGORY
 
 
@@ -12,30 +13,6 @@ def num_classes(model):
     if config is None or not hasattr(config, "num_classes"):
         raise ValueError("class labels condition DiT models (Load DiT Checkpoint); this MODEL is not a DiT")
     return config.num_classes
-
-
-def parse(text, n):
-    """'1, 5, 9', '0-9', class names of the demo set -> list of indices in 0..n-1; errors name the entry."""
-    names = {c.lower(): i for i, c in enumerate(FASHION)} if n == len(FASHION) else {}
-    out = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        low = part.lower()
-        if low in names:
-            out.append(names[low])
-        elif "-" in part and all(s.strip().isdigit() for s in part.split("-", 1)):
-            a, b = (int(s) for s in part.split("-", 1))
-            out.extend(range(a, b + 1))
-        elif part.split(":")[0].strip().isdigit():
-            out.append(int(part.split(":")[0]))
-        else:
-            hint = f" or a name ({', '.join(FASHION)})" if names else ""
-            raise ValueError(f"class label {part!r} is not an index in 0..{n - 1}{hint}")
-    bad = [i for i in out if not 0 <= i < n]
-    if bad or not out:
-        raise ValueError(f"class labels must be indices in 0..{n - 1}; got {bad or 'none'}")
-    return out
 
 
 def conditioning(labels):
@@ -62,7 +39,8 @@ class ClassLabel(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, labels):
-        return io.NodeOutput(conditioning(parse(labels, num_classes(model))))
+        n = num_classes(model)
+        return io.NodeOutput(conditioning(parse_labels(labels, n, names_for(n))))
 
 
 class NullLabel(io.ComfyNode):

@@ -14,6 +14,7 @@ from ..lazy_core.engine.cache import REUSE, CacheOptions
 from ..lazy_core.engine.gates import GateBank
 from ..lazy_core.engine.policies import LearnedGates, NeverLazy
 from ..lazy_core.engine.proxies import describe
+from .checks import answer, check_choice, check_number
 from .lazy_hook import LazySession, install, session_of
 from .lazy_report import render_heatmap
 
@@ -37,6 +38,17 @@ def gate_files():
     return [*BUILT_IN, *folder_paths.get_filename_list("lazy_gates")]
 
 
+def check_laziness(laziness):
+    check_number("laziness", laziness, 0.0, 1.0, "0 = exact, 1 = as lazy as the gates allow")
+
+
+def check_apply(laziness, cache_device, cache_dtype, reuse):
+    check_laziness(laziness)
+    check_choice("cache_device", cache_device, CACHE_DEVICES)
+    check_choice("cache_dtype", cache_dtype, CACHE_DTYPES)
+    check_choice("reuse", reuse, REUSE)
+
+
 class LoadLazyGates(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -50,6 +62,10 @@ class LoadLazyGates(io.ComfyNode):
             outputs=[GATES.Output(display_name="gates"),
                      io.String.Output(display_name="info", tooltip="What the gates were trained for.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, gate_name=None):
+        return answer(check_choice, "gate_name", gate_name, gate_files())
 
     @classmethod
     def execute(cls, gate_name):
@@ -81,7 +97,12 @@ class Laziness(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, laziness=None):
+        return answer(check_laziness, laziness)
+
+    @classmethod
     def execute(cls, laziness):
+        check_laziness(laziness)
         return io.NodeOutput(laziness)
 
 
@@ -125,12 +146,15 @@ class ApplyLazyGates(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, laziness=None, cache_device=None, cache_dtype=None, reuse=None):
+        return answer(check_apply, laziness, cache_device, cache_dtype, reuse)
+
+    @classmethod
     def execute(cls, model, gates, laziness, max_lazy_steps, cache_device, cache_dtype, reuse="extrapolate"):
+        check_apply(laziness, cache_device, cache_dtype, reuse)
         bank = gates.model
         arch, depth, width = describe(model.model.diffusion_model)
         bank.check_fits(arch, depth, width, name="the loaded gates")
-        if reuse not in REUSE:
-            raise ValueError(f"reuse {reuse!r} is not one of {list(REUSE)}")
         options = CacheOptions(max_lazy_steps=max_lazy_steps, dtype=CACHE_DTYPES[cache_dtype],
                                device=None if cache_device == "auto" else torch.device(cache_device), reuse=reuse)
         if laziness <= 0:

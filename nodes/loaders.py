@@ -1,24 +1,21 @@
 """Loaders: DiT checkpoints (official .pt or .safetensors) and the demo model's pixel VAE stand-in."""
 
-import json
 import os
-import pickle
-import zipfile
 
 import folder_paths
-import safetensors.torch
-import torch
 from comfy_api.latest import io
 
 from ..lazy_core.models import pixel_latent
-from ..lazy_core.models.dit import CheckpointError, DiTConfig, unwrap_state_dict
+from ..lazy_core.models.checkpoint import read_checkpoint
 from . import dit_model
+from .checks import answer, check_choice
 from .lazy_nodes import CATEGORY
 
 FOLDERS = ("checkpoints", "diffusion_models")
 EXTENSIONS = (".pt", ".pth", ".safetensors")
 WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
 DEMO = "dit_demo_fashion.safetensors (built in)"
+LATENTS = ("auto", "sd15", "pixel")
 
 
 def checkpoint_files():
@@ -36,38 +33,10 @@ def resolve(name):
     raise FileNotFoundError(f"checkpoint {name!r} is not in models/checkpoints or models/diffusion_models")
 
 
-def read_config(path):
-    """The DiTConfig a .safetensors file records in its metadata (files this pack writes), or None."""
-    if not path.endswith(".safetensors"):
-        return None
-    with safetensors.safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
-    return DiTConfig(**json.loads(meta["config"])) if "config" in meta else None
-
-
-def read_state_dict(path, name):
-    """A plain tensor dict from .safetensors or a weights-only torch file; errors name the file and the fix."""
-    try:
-        if path.endswith(".safetensors"):
-            return safetensors.torch.load_file(path)
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{name} was refused: it is a pickle that wants to run code or build non-tensor objects, which is "
-            f"never executed here ({str(err).splitlines()[0]}). Use the official DiT .pt or a .safetensors "
-            f"file") from err
-    except (RuntimeError, OSError, EOFError, ValueError, IndexError, KeyError, zipfile.BadZipFile,
-            safetensors.SafetensorError) as err:
-        # torch's weights-only unpickler reports garbage input through several exception types.
-        raise CheckpointError(f"{name} cannot be read ({type(err).__name__}: {str(err).splitlines()[0]}); "
-                              f"the file is truncated or corrupt: download it again") from err
-    if not isinstance(sd, dict):
-        raise CheckpointError(f"{name} holds a {type(sd).__name__}, not a state dict of tensors")
-    sd = unwrap_state_dict(sd)
-    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(f"{name}: entries {bad[:3]} are not tensors; expected a plain DiT state dict")
-    return sd
+def check_loader(ckpt_name, latent, cfg_mode):
+    check_choice("ckpt_name", ckpt_name, checkpoint_files())
+    check_choice("latent", latent, LATENTS)
+    check_choice("cfg_mode", cfg_mode, dit_model.CFG_MODES)
 
 
 class LoadDiT(io.ComfyNode):
@@ -82,21 +51,30 @@ class LoadDiT(io.ComfyNode):
                         "demo model. The configuration is read from the weights.",
             inputs=[
                 io.Combo.Input("ckpt_name", options=checkpoint_files(), tooltip="Official .pt or .safetensors."),
-                io.Combo.Input("latent", options=["auto", "sd15", "pixel"], default="auto",
+                io.Combo.Input("latent", options=list(LATENTS), default="auto",
                                tooltip="Latent space: sd15 = the SD VAE the official DiT uses; pixel = the demo "
                                        "model's VAE stand-in; auto = pixel for 10-class models, else sd15."),
+                io.Combo.Input("cfg_mode", options=list(dit_model.CFG_MODES), default=dit_model.CFG_MODES[0],
+                               optional=True,
+                               tooltip="What guidance (cfg) acts on: all channels = all four eps channels "
+                                       "(ComfyUI's usual CFG); official DiT (3 channels) = the first three, "
+                                       "as facebookresearch/DiT samples (its forward_with_cfg)."),
             ],
             outputs=[io.Model.Output(display_name="model")],
         )
 
     @classmethod
-    def execute(cls, ckpt_name, latent):
-        path = resolve(ckpt_name)
-        sd = read_state_dict(path, ckpt_name)
-        try:
-            return io.NodeOutput(dit_model.build(sd, latent, ckpt_name, config=read_config(path)))
-        except CheckpointError as err:
-            raise CheckpointError(f"{ckpt_name}: {err}") from err
+    def validate_inputs(cls, ckpt_name=None, latent=None, cfg_mode=None):
+        return answer(check_loader, ckpt_name, latent, cfg_mode)
+
+    @classmethod
+    def execute(cls, ckpt_name, latent, cfg_mode=dit_model.CFG_MODES[0]):
+        check_loader(None, latent, cfg_mode)      # a missing file is resolve()'s error
+        sd, config = read_checkpoint(resolve(ckpt_name), ckpt_name)
+        model = dit_model.build(sd, latent, ckpt_name, config=config)
+        if cfg_mode == dit_model.CFG_MODES[1]:
+            model.set_model_sampler_post_cfg_function(dit_model.guide_three_channels)
+        return io.NodeOutput(model)
 
 
 class PixelVAE:

@@ -8,6 +8,7 @@ from comfy_api.latest import io
 from ..lazy_core.engine.cache import REUSE, CacheOptions
 from ..lazy_core.engine.policies import DeltaDiT, Fora
 from ..lazy_core.engine.proxies import describe
+from .checks import answer, check_choice, check_number
 from .lazy_hook import LazySession, install
 from .lazy_nodes import CATEGORY
 
@@ -19,6 +20,11 @@ def percent_to_timestep(model, percent):
     if sigma <= 0:
         return -1.0                       # boundary after the last step: the whole run is the early stage
     return float(ms.timestep(torch.tensor([sigma])).float()[0])
+
+
+def check_delta(cached_share, boundary_percent):
+    check_number("cached_share", cached_share, 0.05, 1.0, "the share of blocks whose work is reused")
+    check_number("boundary_percent", boundary_percent, 0.0, 1.0, "where in the schedule caching moves to the front")
 
 
 class DeltaDiTNode(io.ComfyNode):
@@ -48,7 +54,12 @@ class DeltaDiTNode(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, cached_share=None, boundary_percent=None):
+        return answer(check_delta, cached_share, boundary_percent)
+
+    @classmethod
     def execute(cls, model, cached_share, boundary_percent, interval):
+        check_delta(cached_share, boundary_percent)
         _, depth, _ = describe(model.model.diffusion_model)
         blocks = max(1, min(depth, round(cached_share * depth)))
         boundary = percent_to_timestep(model, boundary_percent)
@@ -78,10 +89,13 @@ class ForaNode(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, reuse=None):
+        return answer(check_choice, "reuse", reuse, REUSE)
+
+    @classmethod
     def execute(cls, model, interval, reuse="repeat"):
+        check_choice("reuse", reuse, REUSE)
         describe(model.model.diffusion_model)
-        if reuse not in REUSE:
-            raise ValueError(f"reuse {reuse!r} is not one of {list(REUSE)}")
         options = CacheOptions(max_lazy_steps=max(1, interval - 1), reuse=reuse)
         session = LazySession(functools.partial(Fora, interval), options, f"FORA, interval {interval}, {reuse}")
         return io.NodeOutput(install(model, session))

@@ -11,12 +11,15 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..lazy_core.demo.fashion import names_for
 from ..lazy_core.models.diffusion import parse_step_counts
 from ..lazy_core.models.dit import DiT
+from ..lazy_core.models.labels import parse_labels
 from ..lazy_core.training.calibrate import calibrate
 from ..lazy_core.training.denoisers import ContextDenoiser, LabelDenoiser
 from ..lazy_core.training.sensitivity import measure, schedule_bank
 from ..lazy_core.training.train_gates import parser, train
+from .checks import answer, check_choice, check_number
 from .lazy_nodes import CATEGORY, GATES
 
 log = logging.getLogger(__name__)
@@ -26,18 +29,15 @@ SCHEDULE_STEPS = 20                       # trajectories measured at DDIM 20; th
 SCHEDULE_CALIBRATION = (10, 20, 30, 50)
 
 
-def parse_labels(text, num_classes):
-    """"all" or a comma-separated list of class indices -> list[int]; raises naming the bad entry."""
-    if text.strip().lower() in ("", "all"):
-        return list(range(num_classes))
-    labels = []
-    for part in text.split(","):
-        part = part.strip().split(":")[0]
-        if not part.isdigit() or not 0 <= int(part) < num_classes:
-            raise ValueError(f"label {part!r} is not a class index in 0..{num_classes - 1}; write e.g. '1, 5, 9' "
-                             f"or 'all'")
-        labels.append(int(part))
-    return labels
+def check_training(step_counts, laziness_pressure, objective):
+    if step_counts is not None:
+        parse_step_counts(step_counts)
+    check_number("laziness_pressure", laziness_pressure, 0.0, 0.1, "the paper's range is 1e-7 .. 1e-2")
+    check_choice("objective", objective, OBJECTIVES)
+
+
+def check_cfg(cfg):
+    check_number("cfg", cfg, 1.0, 20.0, "the guidance scale you sample with")
 
 
 def make_denoiser(model, labels, positive, negative, latent):
@@ -45,7 +45,8 @@ def make_denoiser(model, labels, positive, negative, latent):
     base = model.model
     net = base.diffusion_model
     if isinstance(net, DiT):
-        return LabelDenoiser(net, parse_labels(labels, net.config.num_classes))
+        n = net.config.num_classes
+        return LabelDenoiser(net, parse_labels(labels, n, names_for(n)))
     missing = [n for n, v in (("positive", positive), ("negative", negative), ("latent", latent)) if v is None]
     if missing:
         raise ValueError(f"Train Lazy Gates on {type(net).__name__} (a text-conditioned model) learns from prompts: "
@@ -76,7 +77,8 @@ class TrainLazyGates(io.ComfyNode):
                         "GPU; the small demo model trains in a few minutes on a CPU.",
             inputs=[
                 io.Model.Input("model", tooltip="A DiT (Load DiT Checkpoint) or a PixArt model."),
-                io.String.Input("labels", default="all", tooltip="DiT: classes to learn from, 'all' or '1, 5, 9'."),
+                io.String.Input("labels", default="all", tooltip="DiT: classes to learn from: 'all', '0-9', "
+                                                                  "'1, 5, 9' or demo class names."),
                 io.Int.Input("iterations", default=300, min=10, max=20000, tooltip="Training iterations "
                              "(paper: 500)."),
                 io.Int.Input("batch", default=32, min=2, max=1024, step=2, tooltip="Rows per iteration."),
@@ -102,11 +104,14 @@ class TrainLazyGates(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, step_counts=None, laziness_pressure=None, objective=None):
+        return answer(check_training, step_counts, laziness_pressure, objective)
+
+    @classmethod
     def execute(cls, model, labels, iterations, batch, laziness_pressure, step_counts, seed, filename_prefix,
                 positive=None, negative=None, latent=None, objective="sensitivity"):
-        counts = parse_step_counts(step_counts)    # a bad entry fails before any work is done
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective {objective!r} is not one of {list(OBJECTIVES)}")
+        check_training(step_counts, laziness_pressure, objective)
+        counts = parse_step_counts(step_counts)
         mm.load_models_gpu([model])                # first: the denoiser works where the model now is
         denoiser = make_denoiser(model, labels, positive, negative, latent)
         args = parser().parse_args(["--model", "-", "--out", "-", "--iters", str(iterations), "--batch", str(batch),
@@ -171,7 +176,8 @@ class SensitivitySchedule(io.ComfyNode):
                         "models/lazy_gates.",
             inputs=[
                 io.Model.Input("model", tooltip="A DiT (Load DiT Checkpoint) or a PixArt model."),
-                io.String.Input("labels", default="all", tooltip="DiT: classes to measure on, 'all' or '1, 5, 9'."),
+                io.String.Input("labels", default="all", tooltip="DiT: classes to measure on: 'all', '0-9', "
+                                                                  "'1, 5, 9' or demo class names."),
                 io.Int.Input("images", default=16, min=2, max=256, tooltip="Trajectories measured; more is "
                              "steadier and slower."),
                 io.Float.Input("cfg", default=4.0, min=1.0, max=20.0, step=0.1,
@@ -188,8 +194,13 @@ class SensitivitySchedule(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, cfg=None):
+        return answer(check_cfg, cfg)
+
+    @classmethod
     def execute(cls, model, labels, images, cfg, seed, filename_prefix, positive=None, negative=None,
                 latent=None):
+        check_cfg(cfg)
         mm.load_models_gpu([model])
         denoiser = make_denoiser(model, labels, positive, negative, latent)
         pbar = comfy.utils.ProgressBar(1)

@@ -205,19 +205,34 @@ def test_clone_shares_gate_weights(pixart):
     patched = apply(pixart, gates)
     clone = patched.clone()
     assert clone.additional_models["lazydit_gates"][0].model is gates.model
-    found = []
+    import functools
 
-    def walk(x):
+    found, seen = [], set()
+
+    def walk(x, path):
+        """Every tensor deepcopy would copy: through containers, functools.partial (where a policy's gate
+        bank sits: partial(LearnedGates, bank, ...)), modules and plain objects; objects whose
+        __deepcopy__ returns themselves are shared, not copied."""
+        if id(x) in seen or isinstance(x, (str, bytes, int, float, bool, type(None), type)):
+            return
+        seen.add(id(x))
         if isinstance(x, torch.Tensor):
-            found.append(x)
+            found.append(path)
+        elif isinstance(x, torch.nn.Module):
+            found.extend(f"{path}.{name}" for name, _ in [*x.named_parameters(), *x.named_buffers()])
         elif isinstance(x, dict):
-            for v in x.values():
-                walk(v)
-        elif isinstance(x, (list, tuple)):
-            for v in x:
-                walk(v)
-    walk(clone.model_options)
-    assert not found, "model_options must stay tensor-free (ModelPatcher.clone deep-copies it)"
+            for k, v in x.items():
+                walk(v, f"{path}[{k!r}]")
+        elif isinstance(x, (list, tuple, set)):
+            for i, v in enumerate(x):
+                walk(v, f"{path}[{i}]")
+        elif isinstance(x, functools.partial):
+            for i, v in enumerate((x.func, *x.args, *x.keywords.values())):
+                walk(v, f"{path}.partial[{i}]")
+        elif hasattr(x, "__dict__") and getattr(type(x), "__deepcopy__", None) is None:
+            walk(vars(x), f"{path}.{type(x).__name__}")
+    walk(clone.model_options, "model_options")
+    assert not found, f"model_options must stay tensor-free (ModelPatcher.clone deep-copies it): {found[:3]}"
 
 
 def test_removing_the_node_leaves_no_trace(pixart):

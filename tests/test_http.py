@@ -77,12 +77,8 @@ def wait_for(url, prompt_id, timeout=300):
     raise TimeoutError(prompt_id)
 
 
-def test_demo_workflow_over_http(server):
-    """POST /prompt runs the demo workflow (lazy gates + report) and the images land in the output folder;
-    a bad workflow is rejected with the reason and the server keeps serving."""
-    url, base = server
-    prompt = json.load(open(WORKFLOW))
-    prompt["7"]["inputs"]["steps"] = 6
+def assert_draws_demo_images(url, base, prompt):
+    """Queues the demo workflow and checks that its 10 images land in the output folder."""
     status, body = post(f"{url}/prompt", {"prompt": prompt, "client_id": "test"})
     assert status == 200, body
     done = wait_for(url, body["prompt_id"])
@@ -90,6 +86,15 @@ def test_demo_workflow_over_http(server):
     images = done["outputs"]["10"]["images"]
     assert len(images) == 10
     assert all(os.path.exists(os.path.join(base, "output", i["subfolder"], i["filename"])) for i in images)
+
+
+def test_demo_workflow_over_http(server):
+    """POST /prompt runs the demo workflow (lazy gates + report) and the images land in the output folder;
+    a bad workflow is rejected with the reason and the server keeps serving."""
+    url, base = server
+    prompt = json.load(open(WORKFLOW))
+    prompt["7"]["inputs"]["steps"] = 6
+    assert_draws_demo_images(url, base, prompt)
 
     for name, reason in (("missing.safetensors", "missing.safetensors' is not in models/checkpoints"),
                          ("broken.pt", "broken.pt cannot be read")):
@@ -106,3 +111,38 @@ def test_demo_workflow_over_http(server):
         assert done["status"]["status_str"] == "error"
         assert reason in json.dumps(done["status"]["messages"]), json.dumps(done["status"]["messages"])[-800:]
     assert "LazyDiT_DiTLoader" in get(f"{url}/object_info"), "the server must keep serving"
+
+
+def test_worst_inputs_over_http_then_a_valid_prompt(server):
+    """A huge label range, NaN laziness and a NaN gate file, queued over HTTP, each fail with a short error
+    that names the input and the value; the server keeps serving, and the valid prompt queued after them
+    draws its images."""
+    import torch
+    from lazydit.lazy_core.engine.gates import GateBank
+    from safetensors.torch import save_file
+
+    url, base = server
+    good = json.load(open(WORKFLOW))
+    good["7"]["inputs"]["steps"] = 3
+    bank = GateBank.load(os.path.join(ROOT, "weights", "dit_demo_fashion_gates.safetensors"))
+    tensors = {"weight": torch.full_like(bank.weight, float("nan")), "bias": bank.bias.detach(),
+               "prior": bank.prior, "trained": bank.trained.to(torch.uint8)}
+    save_file({k: v.contiguous() for k, v in tensors.items()},
+              os.path.join(base, "models", "lazy_gates", "nan_gates.safetensors"), metadata=bank.info.to_metadata())
+    time.sleep(1.1)                            # ComfyUI caches folder listings by mtime
+    worst = [("4", "labels", "0-20000000", "labels: '0-20000000' is outside this model's 10 classes"),
+             ("3", "laziness", float("nan"), "laziness = nan is not a number in 0.0..1.0"),
+             ("2", "gate_name", "nan_gates.safetensors", "nan_gates.safetensors: gate weight holds NaN or inf")]
+    for node, name, value, message in worst:
+        prompt = json.loads(json.dumps(good))
+        prompt[node]["inputs"][name] = value
+        status, body = post(f"{url}/prompt", {"prompt": prompt, "client_id": "test"})
+        if status == 400:                      # refused at validation, nothing queued
+            texts = [e["details"] for n in body["node_errors"].values() for e in n["errors"]]
+        else:
+            done = wait_for(url, body["prompt_id"])
+            assert done["status"]["status_str"] == "error", done["status"]
+            assert "10" not in done["outputs"], "the sampler must not have run"
+            texts = [m[1]["exception_message"] for m in done["status"]["messages"] if m[0] == "execution_error"]
+        assert texts and all(message in t and len(t) < 1024 for t in texts), texts
+    assert_draws_demo_images(url, base, good)

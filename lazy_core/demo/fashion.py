@@ -11,6 +11,11 @@ CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
 SPLITS = {"train": "train", "test": "t10k"}
 
 
+def names_for(num_classes):
+    """The class names labels may use for a model: the demo set's for a 10-class model, else none."""
+    return CLASSES if num_classes == len(CLASSES) else ()
+
+
 def load(split="train", data_dir=DATA_DIR):
     """(images uint8 (N, 28, 28), labels int64 (N,)) of the published train (60k) or test (10k) split."""
     if split not in SPLITS:

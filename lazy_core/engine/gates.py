@@ -10,6 +10,7 @@ pooling, the timesteps its buckets were trained at, the architecture it fits and
 
 import argparse
 import json
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -63,17 +64,54 @@ class GateInfo:
         if meta.get("format") != FORMAT:
             raise GateFileError(f"{name} is not a LazyDiT gate file (metadata format={meta.get('format')!r}); "
                                 "convert reference checkpoints with `python -m lazydit.lazy_core.engine.gates convert`")
-        if int(meta.get("version", 0)) > VERSION:
-            raise GateFileError(f"{name} has gate format version {meta['version']}, newer than this pack "
+        version = meta.get("version")
+        if not str(version).isdecimal() or int(version) < 1:
+            raise GateFileError(f"{name}: metadata version {_short(version)} is not a gate format version "
+                                f"(1..{VERSION}); the file is damaged: train or download the gates again")
+        if int(version) > VERSION:
+            raise GateFileError(f"{name} has gate format version {version}, newer than this pack "
                                 f"understands ({VERSION}); update the node pack")
         try:
-            return cls(architecture=meta["architecture"], depth=int(meta["depth"]), width=int(meta["width"]),
+            info = cls(architecture=meta["architecture"], depth=int(meta["depth"]), width=int(meta["width"]),
                        timesteps=json.loads(meta["timesteps"]), pooling=meta.get("pooling", "mean"),
                        tokens=int(meta.get("tokens", 0)), calibration=json.loads(meta.get("calibration", "[]")),
                        recipe=json.loads(meta.get("recipe", "{}")), source_model=meta.get("source_model", ""),
                        score=meta.get("score", "probability"), granularity=meta.get("granularity", "module"))
         except (KeyError, ValueError) as err:
-            raise GateFileError(f"{name}: metadata is incomplete or corrupt ({err!r})") from err
+            raise GateFileError(f"{name}: metadata is incomplete or corrupt ({_short(err)})") from err
+        problem = info._problem()
+        if problem:
+            raise GateFileError(f"{name}: metadata {problem}; the file is damaged or not made by this pack: "
+                                f"train or download the gates again")
+        return info
+
+    def _problem(self):
+        """What makes this metadata unusable, or None: every later use (bucket lookup, the slider's table)
+        relies on these."""
+        ts, table = self.timesteps, self.calibration
+        if self.depth < 1 or self.width < 1 or self.tokens < 0:
+            return f"depth {self.depth} / width {self.width} / tokens {self.tokens} must be positive"
+        if not isinstance(ts, list) or not ts:
+            return f"timesteps {_short(ts)} must be a non-empty list of bucket timesteps"
+        if not all(_finite(t) and 0 <= t <= 999 for t in ts) or any(b <= a for a, b in zip(ts, ts[1:])):
+            return f"timesteps {_short(ts)} must be finite, in 0..999 and ascending"
+        if not isinstance(table, list) or not all(
+                isinstance(row, list) and len(row) == 2 and all(map(_finite, row)) and 0 <= row[1] <= 1
+                for row in table):
+            return f"calibration {_short(table)} must be a list of finite [threshold, lazy ratio in 0..1] pairs"
+        if not isinstance(self.recipe, dict):
+            return f"recipe {_short(self.recipe)} must be a JSON object"
+        return None
+
+
+def _finite(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _short(value, limit=80):
+    """repr of a value from a file, cut so that an error message stays short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class GateBank(nn.Module):
@@ -105,6 +143,13 @@ class GateBank(nn.Module):
             raise GateFileError(f"gate prior has shape {tuple(prior.shape)}, metadata says {shape[:3]}")
         self.register_buffer("prior", prior.clone(), persistent=False)
         trained = torch.ones(shape[:3], dtype=torch.bool) if trained is None else trained.bool()
+        if tuple(trained.shape) != shape[:3]:
+            raise GateFileError(f"gate `trained` mask has shape {tuple(trained.shape)}, metadata says {shape[:3]}")
+        # A NaN or inf gate decides nothing: NaN fails every comparison, so the module would look lazy.
+        for label, tensor in (("weight", self.weight), ("bias", self.bias), ("prior", prior)):
+            if not bool(torch.isfinite(tensor).all()):
+                raise GateFileError(f"gate {label} holds NaN or inf values: the gates are damaged (a diverged "
+                                    f"training run?); train or download them again")
         self.register_buffer("trained", trained, persistent=False)
         self._timesteps = torch.tensor(info.timesteps, dtype=torch.float32)
         gaps = self._timesteps.diff()
@@ -199,8 +244,11 @@ class GateBank(nn.Module):
         missing = {"weight", "trained"} - set(tensors)
         if missing:
             raise GateFileError(f"{name} lacks tensors {sorted(missing)}: not a complete LazyDiT gate file")
-        # Version 1 files have neither bias nor prior.
-        return cls(info, tensors["weight"], tensors["trained"], tensors.get("bias"), tensors.get("prior"))
+        try:
+            # Version 1 files have neither bias nor prior.
+            return cls(info, tensors["weight"], tensors["trained"], tensors.get("bias"), tensors.get("prior"))
+        except GateFileError as err:
+            raise GateFileError(f"{name}: {err}") from err
 
 
 #################################################################################

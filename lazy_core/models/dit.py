@@ -288,8 +288,11 @@ class PatchEmbed(nn.Module):
 #                         Checkpoint inspection                                 #
 #################################################################################
 
-REQUIRED_KEYS = ("x_embedder.proj.weight", "t_embedder.mlp.0.weight", "y_embedder.embedding_table.weight",
-                 "pos_embed", "final_layer.linear.weight", "blocks.0.attn.qkv.weight")
+# The tensors a config is read from, with their number of dimensions.
+REQUIRED_KEYS = {"x_embedder.proj.weight": 4, "t_embedder.mlp.0.weight": 2, "y_embedder.embedding_table.weight": 2,
+                 "pos_embed": 3, "final_layer.linear.weight": 2, "blocks.0.attn.qkv.weight": 2,
+                 "blocks.0.mlp.fc1.weight": 2}
+PAPER_HEADS = {1152: 16, 1024: 16, 768: 12, 384: 6}       # width -> heads (Table 1 of Peebles & Xie)
 
 
 def unwrap_state_dict(sd):
@@ -300,18 +303,26 @@ def unwrap_state_dict(sd):
     return sd
 
 
-def infer_config(sd, num_heads=None, **overrides):
+def infer_config(sd, num_heads=None, class_dropout_prob=0.1, **overrides):
     """Infers a DiTConfig from DiT state-dict shapes. Heads cannot be read from weights: they follow the
-    paper's configs (width 1152/1024/768/384 -> 16/16/12/6 heads, else width // 64) unless given."""
+    paper's configs (width 1152/1024/768/384 -> 16/16/12/6 heads, else width // 64) unless given. The
+    label table has a null row (for guidance) iff class_dropout_prob > 0."""
     missing = [k for k in REQUIRED_KEYS if k not in sd]
     if missing:
         found = ", ".join(sorted(sd)[:5]) or "nothing"
         raise CheckpointError(
-            f"not a DiT checkpoint: keys {missing} are missing (found {found}, ...). Expected the original "
+            f"not a DiT checkpoint: keys {missing[:4]} are missing (found {found}, ...). Expected the original "
             f"facebookresearch/DiT layout (x_embedder.proj.weight, blocks.N.attn.qkv.weight, ...); "
             f"PixArt checkpoints load with ComfyUI's 'Load Diffusion Model' node instead")
+    for key, ndim in REQUIRED_KEYS.items():
+        shape = tuple(sd[key].shape)
+        if len(shape) != ndim or 0 in shape:
+            raise CheckpointError(f"not a DiT checkpoint: {key} has shape {shape}, expected a non-empty {ndim}-D "
+                                  f"tensor as in the facebookresearch/DiT layout")
     proj = sd["x_embedder.proj.weight"]                       # (D, C, p, p)
     hidden, in_channels, patch = proj.shape[0], proj.shape[1], proj.shape[2]
+    if proj.shape[3] != patch:
+        raise CheckpointError(f"x_embedder.proj.weight has shape {tuple(proj.shape)}: patches must be square")
     tokens = sd["pos_embed"].shape[1]
     side = int(round(tokens ** 0.5))
     if side * side != tokens:
@@ -321,7 +332,7 @@ def infer_config(sd, num_heads=None, **overrides):
     rows = sd["y_embedder.embedding_table.weight"].shape[0]
     mlp_hidden = sd["blocks.0.mlp.fc1.weight"].shape[0]
     if num_heads is None:
-        num_heads = {1152: 16, 1024: 16, 768: 12, 384: 6}.get(hidden, max(1, hidden // 64))
+        num_heads = PAPER_HEADS.get(hidden, max(1, hidden // 64))
     if hidden % num_heads:
         raise CheckpointError(f"width {hidden} is not divisible by {num_heads} heads; pass num_heads explicitly")
     if out not in (in_channels, 2 * in_channels):
@@ -329,17 +340,39 @@ def infer_config(sd, num_heads=None, **overrides):
                               f"expected {in_channels} (eps) or {2 * in_channels} (eps + learned sigma)")
     fields = dict(input_size=side * patch, patch_size=patch, in_channels=in_channels, hidden_size=hidden,
                   depth=depth, num_heads=num_heads, mlp_ratio=mlp_hidden / hidden,
-                  num_classes=rows - 1, class_dropout_prob=0.1, learn_sigma=out == 2 * in_channels)
+                  num_classes=rows - (class_dropout_prob > 0), class_dropout_prob=class_dropout_prob,
+                  learn_sigma=out == 2 * in_channels)
     fields.update(overrides)
     return DiTConfig(**fields)
 
 
+def _listed(keys, limit=3):
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def check_state_dict(config, sd):
+    """Raises CheckpointError unless `sd` has exactly the keys and shapes of a DiT with `config`; read off
+    a model on the meta device, so nothing is allocated."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in DiT(config).state_dict().items()}
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    wrong = [f"{k} {tuple(sd[k].shape)} (expected {expected[k]})" for k in expected
+             if k in sd and tuple(sd[k].shape) != expected[k]]
+    problems = [f"{label}: {_listed(keys)}" for label, keys in
+                (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
+    if problems:
+        c = config
+        raise CheckpointError(f"tensors do not fit the DiT they imply (depth {c.depth}, width {c.hidden_size}, "
+                              f"patch {c.patch_size}, {c.num_classes} classes): {'; '.join(problems)}. The file is "
+                              f"incomplete or from another model: use an official facebookresearch/DiT "
+                              f"checkpoint or one saved by this pack")
+
+
 def load_strict(model, sd):
-    """load_state_dict(strict=True) with an error that lists what does not fit."""
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint does not fit the inferred DiT config {model.config}: {err}") from err
+    """load_state_dict(strict=True), after a key and shape check whose error says what does not fit."""
+    check_state_dict(model.config, sd)
+    model.load_state_dict(sd, strict=True)
 
 
 #################################################################################

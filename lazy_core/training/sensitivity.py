@@ -28,7 +28,7 @@ import torch
 from ..engine.gates import MODULES, GateBank, GateInfo
 from ..engine.proxies import Attachment, describe
 from ..models.diffusion import GaussianDiffusion, space_timesteps
-from .denoisers import as_denoiser
+from .denoisers import LabelDenoiser, as_denoiser
 
 EPS = 1e-20
 
@@ -297,14 +297,17 @@ def main(argv=None):
     import argparse
     import logging
 
+    from ..demo.fashion import names_for
     from ..models.checkpoint import file_sha256, load_model
     from ..models.diffusion import parse_step_counts
+    from ..models.labels import parse_labels
     from . import launch
     from .calibrate import calibrate
 
     p = argparse.ArgumentParser(prog="python -m lazydit.lazy_core.training.sensitivity", description=main.__doc__)
     p.add_argument("--model", required=True, help="DiT weights (.safetensors with a config, or official layout)")
     p.add_argument("--out", required=True)
+    p.add_argument("--labels", default="all", help="classes to measure on: 'all', '0-9', '1, 207, 360' or names")
     p.add_argument("--images", type=int, default=40)
     p.add_argument("--steps", type=int, default=20, help="DDIM steps of the measured trajectories")
     p.add_argument("--cfg-scale", type=float, default=4.0)
@@ -316,7 +319,9 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     model = load_model(args.model).to(launch.device_for(args.device))
-    costs = measure(model, args.steps, args.images, args.cfg_scale, args.seed)
+    n = model.config.num_classes
+    denoiser = LabelDenoiser(model, parse_labels(args.labels, n, names_for(n)))
+    costs = measure(denoiser, args.steps, args.images, args.cfg_scale, args.seed)
     bank = schedule_bank(model, costs, recipe={"measure_steps": args.steps, "images": args.images,
                                                "cfg_scale": args.cfg_scale, "seed": args.seed,
                                                "measure_seconds": round(costs.seconds, 1)})

@@ -33,11 +33,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..demo.fashion import names_for
 from ..engine.gates import GateBank, GateInfo
 from ..engine.proxies import Attachment, describe
 from ..models.checkpoint import file_sha256, load_model
 from ..models.diffusion import GaussianDiffusion, parse_step_counts, space_timesteps
 from ..models.dit import DiT
+from ..models.labels import parse_labels
 from . import launch
 from .denoisers import LabelDenoiser, as_denoiser
 from .sensitivity import LEVELS, fit_gates, measure
@@ -269,13 +271,14 @@ def main(args):
     if args.batch % world:
         raise SystemExit(f"--batch {args.batch} must divide evenly over {world} processes")
     model = load_model(args.model).to(device)
+    labels = parse_labels(args.labels, model.config.num_classes, names_for(model.config.num_classes))
     if args.objective == "sensitivity" and world > 1:
         raise SystemExit("--objective sensitivity runs on one process; use --objective local with torchrun")
     real = None
     if args.objective == "local" and args.source == "real":
         from ..demo.train_demo import fashion_latents
         real = fashion_latents("train")
-    gates = train(model, args, real, rank, world)
+    gates = train(model, args, real, rank, world, labels=labels)
     if rank == 0:
         if args.calibrate:
             from .calibrate import calibrate
@@ -296,6 +299,7 @@ def parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="DiT weights (.safetensors with a config, or official layout)")
     p.add_argument("--out", required=True)
+    p.add_argument("--labels", default="all", help="classes to learn from: 'all', '0-9', '1, 207, 360' or names")
     p.add_argument("--objective", choices=("sensitivity", "local"), default="sensitivity",
                    help="sensitivity: gates that see the final image (default); local: the paper's recipe")
     p.add_argument("--images", type=int, default=40, help="sensitivity: trajectories measured")
