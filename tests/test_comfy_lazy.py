@@ -85,7 +85,7 @@ def test_laziness_zero_is_bit_identical(pixart, negative_tokens):
 
 
 def test_gates_at_zero_threshold_compute_everything_exactly(pixart):
-    """Gates that always vote compute leave the output bit-identical (adapters reproduce the block)."""
+    """Gates that always vote compute leave the output bit-identical (the stock forward runs under proxies)."""
     gates = gates_for("pixart", 3, 64, scale=0.0)     # score 0.5 everywhere
     ref = sample(pixart, POS, NEG)
     patched = apply(pixart, gates, laziness=0.5)      # 0.5 >= 0.5: compute
@@ -350,7 +350,7 @@ def test_gate_training_on_pixart_prompts(pixart, comfy):
     from lazydit.lazy_core.models.diffusion import GaussianDiffusion
     from lazydit.lazy_core.training import train_gates as tg
     from lazydit.lazy_core.training.calibrate import calibrate
-    from lazydit.nodes.lazy_nodes import GATES  # noqa: F401  (registers ComfyUI's PixArt block adapter)
+    from lazydit.nodes.lazy_nodes import GATES  # noqa: F401  (registers the layout of ComfyUI's PixArt block)
     from lazydit.nodes.train_node import TrainLazyGates, make_denoiser
 
     latent = {"samples": torch.zeros(1, 4, SIDE, SIDE)}

@@ -1,4 +1,4 @@
-"""lazy_core engine tests: adapters, cache, policies and gates on tiny DiTs, without ComfyUI."""
+"""lazy_core engine tests: proxies, cache, policies and gates on tiny DiTs, without ComfyUI."""
 
 import pytest
 import torch
@@ -316,3 +316,47 @@ def test_a_stream_joining_mid_run_computes_while_others_are_lazy(reuse):
     assert torch.allclose(out[2:], fresh, atol=1e-5), "the new stream must compute"  # other batch shape
     assert not torch.allclose(out[:2], fresh, atol=1e-3), "the old stream must be lazy"
     assert state.stats()[0]["lazy"][1].sum() > 0 and state.stats()[1]["lazy"].sum() == 0
+
+
+def test_a_stream_that_ran_alone_brings_its_newest_cache_back():
+    """(A, B), then B alone, then (A, B) lazy: B's rows are its output from the call it ran alone, A's from
+    the first call (a layout seen before is rebuilt when one of its streams has moved on)."""
+
+    class LazyOnThirdCall(Policy):
+        lazy_possible = True
+
+        def __init__(self):
+            self.calls = 0
+
+        def prepare(self, call):
+            self.calls += 1
+
+        def compute_mask(self, call, block, module, z):
+            return [self.calls != 3] * call.rows
+
+    model = tiny_dit()
+    state = RunState(LazyOnThirdCall())
+    handle = state.attach(model)
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(2, 4, 8, 8, generator=g) for _ in range(3)]
+    outs = []
+    try:
+        for keys, x in ((["a", "b"], xs[0]), (["b"], xs[1][:1]), (["a", "b"], xs[2])):
+            state.begin_call(keys, keys, 1, x, 500.0)
+            outs.append(model(x, torch.full((len(x),), 500), torch.tensor([1] * len(x))))
+            state.end_call()
+    finally:
+        handle.detach()
+    lazy = outs[2]
+    assert state.streams["b"].slab is state.streams["a"].slab, "the layout was rebuilt around both streams"
+    ref = RunState(LazyOnThirdCall())
+    handle = ref.attach(model)
+    try:
+        for keys, x in ((["b"], xs[0][1:]), (["b"], xs[1][:1]), (["b"], xs[2][1:])):
+            ref.begin_call(keys, keys, 1, x, 500.0)
+            expect_b = model(x, torch.full((1,), 500), torch.tensor([1]))
+            ref.end_call()
+    finally:
+        handle.detach()
+    # The same three calls for B alone: its lazy third call reads the cache of its second.
+    torch.testing.assert_close(lazy[1:], expect_b, atol=1e-6, rtol=0)

@@ -120,13 +120,13 @@ class Slab:
 class Call:
     """One model call: the batch's layout, this call's timestep, and the module runner."""
 
-    def __init__(self, state, segments, slab, t):
+    def __init__(self, state, segments, slab, t, host_t=None):
         self.state = state
         self.segments = segments            # [(StreamCache, start, stop)]
         self.slab = slab
         self.rows = slab.rows
         self.t = t                          # 0-dim float32 diffusion timestep on the model's device
-        self._host_t = None
+        self._host_t = host_t               # the same as a float, when the caller had one
         self.note = ""
         self.bucket = None
         # Per-row step index of its stream (host), for step-pattern policies.
@@ -137,9 +137,6 @@ class Call:
         self._index = {}                    # (rows to compute, device) -> (index tensor, mask tensor)
         self._memo = {}                     # per-call results shared by modules with the same history
         state.policy.prepare(self)
-        if self.range_plan is not None and self.range_plan[2]:
-            if tuple(self.range_plan[:2]) not in slab.ranges:
-                self.range_plan = (*self.range_plan[:2], False)     # a stream without Δ: compute
 
     @property
     def timestep(self):
@@ -346,14 +343,14 @@ class RunState:
             streams.append(stream)
             segments.append((stream, i * rows_per_key, (i + 1) * rows_per_key))
         slab = streams[0].slab
-        if slab is None or slab.streams != tuple(streams):
+        # A stream that ran elsewhere since (a layout it left and rejoined) has newer rows in its own slab.
+        if slab is None or slab.streams != tuple(streams) or any(s.slab is not slab for s in streams):
             slab = Slab.assemble(streams)
         if isinstance(timestep, torch.Tensor):
             t, host = timestep.detach().reshape(-1)[0].float(), None
         else:
             t, host = torch.tensor(float(timestep), device=latent.device), float(timestep)
-        self.call = Call(self, segments, slab, t)
-        self.call._host_t = host if host is not None else self.call._host_t
+        self.call = Call(self, segments, slab, t, host)
         for stream in streams:
             stream.timesteps.append(t)
             stream.lazy.append({})

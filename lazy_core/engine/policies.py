@@ -46,7 +46,7 @@ class Policy:
 
 
 class NeverLazy(Policy):
-    """Always computes: the exact model, through the same adapters."""
+    """Always computes: the exact model, through the same proxies."""
 
 
 class LearnedGates(Policy):
@@ -79,6 +79,8 @@ class LearnedGates(Policy):
         self._on = {}                                # device -> the gate tensors there
 
     def plan(self, timesteps):
+        self._on.clear()                             # device copies of an earlier run's plan
+        self.schedule = None
         if not self.cost or not len(timesteps):
             return
         lam = float(torch.tensor(self.threshold).exp())
@@ -248,7 +250,7 @@ class DeltaDiT(Policy):
     def prepare(self, call):
         early = call.timestep > self.boundary
         span = (self.depth - self.cached_blocks, self.depth) if early else (0, self.cached_blocks)
-        lazy = True
+        lazy = span in call.slab.ranges              # a stream new to this layout has no Δ yet: compute
         for s, _, _ in call.segments:
             last_span, since = self._since.get(s, (None, 0))
             if last_span != span or since + 1 >= self.interval:

@@ -1,7 +1,7 @@
 """Denoisers: what gate training and calibration need of a model, whatever conditions it.
 
-A denoiser names the module whose `blocks` the adapters wrap, runs the model's forward, draws conditions
-and guides a sampler. Two kinds: class labels (DiT: cond and null rows share one call, as DiT's
+A denoiser names the module whose `blocks` the proxies stand in for, runs the model's forward, draws
+conditions and guides a sampler. Two kinds: class labels (DiT: cond and null rows share one call, as DiT's
 forward_with_cfg does) and text contexts (PixArt: each prompt and the negative run as calls of their own,
 since contexts of other token counts cannot share a batch; ComfyUI splits them the same way). lazy_core
 imports nothing from a host, so a host hands in the forward of a context model.

@@ -48,7 +48,7 @@ class Costs:
 
 
 class _Holder:
-    """The run state the adapters read: the current call."""
+    """The run state the proxies read: the current call."""
 
     call = None
     blocks = ()

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 
 #################################################################################
-#                      Calls: how adapters run modules in training              #
+#                      Calls: how the proxies run modules in training           #
 #################################################################################
 
 class TrainCall:
@@ -99,7 +99,7 @@ def soft_score(gates, block, module, buckets, z):
 
 
 class _Holder:
-    """The minimal run state the adapters read: the current call."""
+    """The minimal run state the proxies read: the current call."""
 
     call = None
     blocks = ()
