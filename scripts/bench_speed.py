@@ -140,6 +140,8 @@ def main(args):
                 "forced r=0.25": (ForcedRatio(0.25, depth), False),
                 "forced r=0.50": (ForcedRatio(0.5, depth), False),
             }
+            if args.only:
+                variants = {k: v for k, v in variants.items() if k == "unpatched" or k in args.only.split(",")}
             ts = [round(999 - i * 999 / max(args.steps - 1, 1)) for i in range(args.steps)]
             forward(x, 999)                                            # warm-up
             times = {k: [] for k in variants}
@@ -169,4 +171,5 @@ if __name__ == "__main__":
     p.add_argument("--dit-depth", type=int, default=28)
     p.add_argument("--pixart-px", type=int, default=512)
     p.add_argument("--pixart-depth", type=int, default=8)
+    p.add_argument("--only", default="", help="comma-separated variants to run beside 'unpatched'")
     main(p.parse_args())
