@@ -132,7 +132,8 @@ class Call:
         # Per-row step index of its stream (host), for step-pattern policies.
         self.steps = torch.cat([torch.full((stop - start,), s.steps) for s, start, stop in segments])
         self.range_plan = None              # (start, stop, lazy) for block-range policies
-        self.plan_step = None               # index into the run's schedule, for planning policies
+        self.gate_bucket = None             # learned gates: (1,) device index of the bucket, of the plan step
+        self.gate_step = None
         self.step_mask = None               # a per-step policy's decision for this call's rows
         self._index = {}                    # (rows to compute, device) -> (index tensor, mask tensor)
         self._memo = {}                     # per-call results shared by modules with the same history

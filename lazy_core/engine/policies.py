@@ -103,8 +103,7 @@ class LearnedGates(Policy):
             g = self.gates
             on = self._on[device] = {
                 "centers": g._timesteps.to(device), "bias": g.bias.detach().float().to(device),
-                "weight": None if self.static else g.weight.detach().float().to(device),
-                "trained": g.trained.to(device)}
+                "weight": None if self.static else g.weight.detach().float().to(device)}
             if self.schedule is not None:
                 on["plan_t"], on["limits"] = (x.to(device) for x in self.schedule)
         return on
