@@ -18,6 +18,7 @@ import json
 import os
 import sys
 
+import checkout  # noqa: F401  (binds `lazydit` to this checkout)
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))

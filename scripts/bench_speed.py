@@ -15,6 +15,7 @@ import statistics
 import sys
 import time
 
+import checkout  # noqa: F401  (binds `lazydit` to this checkout)
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))

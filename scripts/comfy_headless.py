@@ -6,6 +6,8 @@ import os
 import sys
 import uuid
 
+import checkout  # noqa: F401  (binds `lazydit` to this checkout)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMFY = os.path.join(ROOT, ".comfyui", "ComfyUI")
 

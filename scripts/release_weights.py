@@ -7,6 +7,7 @@ file (quality figures are added by `scripts/bench_quality.py --manifest --write`
 import json
 import os
 
+import checkout  # noqa: F401  (binds `lazydit` to this checkout)
 from lazydit.lazy_core.models.checkpoint import file_sha256
 from safetensors import safe_open
 
@@ -46,26 +47,26 @@ def main():
                                     "1000 steps", "label_dropout": 0.1, "optimizer": "AdamW lr 1e-3, wd 0, "
                                     "200-step warm-up, grad clip 1", "batch": 64, "ema": "0.999 (warm-up)",
                        "augmentation": "horizontal flips", "steps": int(m["steps"]), "seed": 0,
-                       "command": "python -m lazydit.lazy_core.demo.train_demo --out runs/demo --steps "
+                       "command": "python -m lazy_core.demo.train_demo --out runs/demo --steps "
                                   + m["steps"]},
             "train_seconds": int(m["train_seconds"]),
             "data": DATA, "licence": "MIT"},
         "fashion_classifier.safetensors": lambda m: {
             "what": "Fashion-MNIST CNN: class accuracy of samples, and the 128-d feature space for FID",
             "test_accuracy": float(m["test_accuracy"]), "epochs": int(m["epochs"]),
-            "command": "python -m lazydit.lazy_core.demo.classifier", "data": DATA, "licence": "MIT"},
+            "command": "python -m lazy_core.demo.classifier", "data": DATA, "licence": "MIT"},
         "dit_demo_fashion_gates.safetensors": gates_entry(
             "learned LazyDiT gates for the demo model: the sensitivity objective (costs measured on the "
             "model's own guided trajectories, the gates fitted to each image's cost)",
-            "python -m lazydit.lazy_core.training.train_gates --model weights/dit_demo_fashion.safetensors "
+            "python -m lazy_core.training.train_gates --model weights/dit_demo_fashion.safetensors "
             "--out weights/dit_demo_fashion_gates.safetensors"),
         "dit_demo_fashion_schedule.safetensors": gates_entry(
             "training-free sensitivity schedule for the demo model (timestep-only decisions)",
-            "python -m lazydit.lazy_core.training.sensitivity --model weights/dit_demo_fashion.safetensors "
+            "python -m lazy_core.training.sensitivity --model weights/dit_demo_fashion.safetensors "
             "--out weights/dit_demo_fashion_schedule.safetensors"),
         "dit_demo_fashion_gates_local.safetensors": gates_entry(
             "LazyDiT gates for the demo model trained with the paper's local recipe (for comparison)",
-            "python -m lazydit.lazy_core.training.train_gates --model weights/dit_demo_fashion.safetensors --out "
+            "python -m lazy_core.training.train_gates --model weights/dit_demo_fashion.safetensors --out "
             "weights/dit_demo_fashion_gates_local.safetensors --objective local --iters 400 --batch 32 "
             "--lr 1e-3 --rho 3e-5 --seed 0 --pool 64"),
     }

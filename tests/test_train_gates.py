@@ -13,6 +13,8 @@ from lazydit.lazy_core.training import train_gates as tg
 from lazydit.lazy_core.training.calibrate import calibrate
 from safetensors.torch import save_file
 
+# The command lines run as users run them: `python -m lazy_core...` from the pack folder.
+PACK = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = DiTConfig(input_size=8, depth=3, hidden_size=32, num_heads=2, num_classes=10)
 
 
@@ -80,10 +82,10 @@ def test_sensitivity_cli_writes_calibrated_log_cost_gates(model_file, tmp_path):
     """The default objective from the command line: a log-cost gate file with its measured R^2, training
     time and a calibration table that rises to the engine's limit; refused under torchrun."""
     out = tmp_path / "sens.safetensors"
-    cmd = [sys.executable, "-m", "lazydit.lazy_core.training.train_gates", "--model", str(model_file),
+    cmd = [sys.executable, "-m", "lazy_core.training.train_gates", "--model", str(model_file),
            "--out", str(out),
            "--images", "6", "--measure-steps", "8", "--buckets", "5", "--threads", "1", "--calibrate", "8"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=PACK)
     assert done.returncode == 0, done.stderr[-3000:]
     gates = GateBank.load(out)
     assert gates.info.score == "log-cost" and gates.info.recipe["objective"] == "sensitivity"
@@ -93,7 +95,7 @@ def test_sensitivity_cli_writes_calibrated_log_cost_gates(model_file, tmp_path):
     assert ratios[0] == 0.0 and ratios == sorted(ratios) and ratios[-1] >= 0.3, gates.info.calibration
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     done = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", *cmd[1:]], capture_output=True,
-                          text=True, timeout=300, cwd=str(tmp_path))
+                          text=True, timeout=300, cwd=PACK)
     assert done.returncode != 0 and "--objective sensitivity runs on one process" in done.stderr
 
 
@@ -106,11 +108,11 @@ def model_file(tmp_path):
 
 
 def run_cli(launcher, model_file, out):
-    cmd = [*launcher, "-m", "lazydit.lazy_core.training.train_gates", "--model", str(model_file), "--out", str(out),
+    cmd = [*launcher, "-m", "lazy_core.training.train_gates", "--model", str(model_file), "--out", str(out),
            "--iters", "20", "--batch", "8", "--pool", "16", "--step-counts", "10", "--buckets", "5", "--threads", "1",
            "--calibrate", "", "--objective", "local"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=str(out.parent))
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=PACK)
     assert done.returncode == 0, done.stderr[-3000:]
     return GateBank.load(out)
 

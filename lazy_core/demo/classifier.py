@@ -1,6 +1,6 @@
 """A small Fashion-MNIST CNN: the feature space for FID and the judge of class accuracy of samples.
 
-    python -m lazydit.lazy_core.demo.classifier --out weights/fashion_classifier.safetensors
+    python -m lazy_core.demo.classifier --out weights/fashion_classifier.safetensors
 """
 
 import argparse

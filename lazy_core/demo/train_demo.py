@@ -5,7 +5,7 @@ steps, 10 % label dropout to the null class, AdamW with no weight decay, EMA of 
 for a 2-core CPU: a small config (DiT-Demo/2: depth 6, width 256, 64 tokens), a larger learning rate with
 warm-up, and an EMA decay that warms up, because the run is thousands of steps rather than 400k.
 
-    python -m lazydit.lazy_core.demo.train_demo --out runs/demo --steps 6000
+    python -m lazy_core.demo.train_demo --out runs/demo --steps 6000
 Resumable: run the same command again and it continues from runs/demo/last.pt.
 """
 

@@ -63,7 +63,7 @@ class GateInfo:
     def from_metadata(cls, meta, name="gate file"):
         if meta.get("format") != FORMAT:
             raise GateFileError(f"{name} is not a LazyDiT gate file (metadata format={meta.get('format')!r}); "
-                                "convert reference checkpoints with `python -m lazydit.lazy_core.engine.gates convert`")
+                                "convert reference checkpoints with `python -m lazy_core.engine.gates convert`")
         version = meta.get("version")
         if not str(version).isdecimal() or int(version) < 1:
             raise GateFileError(f"{name}: metadata version {_short(version)} is not a gate format version "
@@ -292,7 +292,7 @@ def load_reference_checkpoint(path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m lazydit.lazy_core.engine.gates",
+    p = argparse.ArgumentParser(prog="python -m lazy_core.engine.gates",
                                 description="Convert shawnricecake/lazydit gate checkpoints to LazyDiT gate files.")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("convert")

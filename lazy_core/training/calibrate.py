@@ -3,7 +3,7 @@
 The table (threshold -> ratio, averaged over step counts) is what the laziness slider shows; the per-step-
 count rows, including step counts the gates were not trained for, show how far that average holds.
 
-    python -m lazydit.lazy_core.training.calibrate --model weights/dit_demo_fashion.safetensors \
+    python -m lazy_core.training.calibrate --model weights/dit_demo_fashion.safetensors \
         --gates my_gates.safetensors
 re-measures a gate file's table in place (for instance at the step counts you use).
 """
@@ -87,7 +87,7 @@ def main(args):
 
 
 def parser():
-    p = argparse.ArgumentParser(prog="python -m lazydit.lazy_core.training.calibrate", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m lazy_core.training.calibrate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="the DiT the gates belong to")
     p.add_argument("--gates", required=True, help="gate file; rewritten in place unless --out is given")

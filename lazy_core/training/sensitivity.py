@@ -304,7 +304,7 @@ def main(argv=None):
     from . import launch
     from .calibrate import calibrate
 
-    p = argparse.ArgumentParser(prog="python -m lazydit.lazy_core.training.sensitivity", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m lazy_core.training.sensitivity", description=main.__doc__)
     p.add_argument("--model", required=True, help="DiT weights (.safetensors with a config, or official layout)")
     p.add_argument("--out", required=True)
     p.add_argument("--labels", default="all", help="classes to measure on: 'all', '0-9', '1, 207, 360' or names")

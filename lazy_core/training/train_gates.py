@@ -19,9 +19,9 @@ so each bucket is trained on the step sizes artists use. Two data sources:
   self   data-free self-distillation: x_{t_a} from the model's own DDIM trajectories (with CFG) from labels
          or prompts, so any checkpoint trains (PixArt through the ComfyUI node, which has its prompts).
 
-    python -m lazydit.lazy_core.training.train_gates --model weights/dit_demo_fashion.safetensors \
+    python -m lazy_core.training.train_gates --model weights/dit_demo_fashion.safetensors \
         --out gates.safetensors
-    torchrun --nproc_per_node 2 -m lazydit.lazy_core.training.train_gates ...        # same global batch, split
+    torchrun --nproc_per_node 2 -m lazy_core.training.train_gates ...        # same global batch, split
 """
 
 import argparse
@@ -295,7 +295,7 @@ def main(args):
 
 
 def parser():
-    p = argparse.ArgumentParser(prog="python -m lazydit.lazy_core.training.train_gates", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m lazy_core.training.train_gates", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="DiT weights (.safetensors with a config, or official layout)")
     p.add_argument("--out", required=True)
