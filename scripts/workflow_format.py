@@ -57,10 +57,47 @@ def ui_to_api(ui, mappings):
     return prompt
 
 
-def api_to_ui(prompt, mappings, columns=4):
-    """API-format prompt -> UI-format workflow with a simple grid layout."""
+# Node sizes as ComfyUI's front end computes them (1.32, litegraph): 20 px per input/output slot row, 24 px
+# per widget, 14 px padding; the 30 px title bar sits above `pos`. The layout leaves GAP between nodes, and
+# output nodes get room for the images they show after a run.
+SLOT_H, WIDGET_H, PAD_H, TITLE_H, WIDTH, GAP, OUTPUT_H = 20, 24, 14, 30, 320, 40, 300
+
+
+def node_height(node_class, linked):
+    """The height the front end gives a node with `linked` connected inputs, or more for an output node."""
+    rows = max(linked, len(node_class.RETURN_TYPES))
+    height = max(SLOT_H * rows + WIDGET_H * len(widget_names(node_class)) + PAD_H, 60)
+    return max(height, OUTPUT_H) if getattr(node_class, "OUTPUT_NODE", False) else height
+
+
+def layout(prompt, heights):
+    """Left-to-right columns by dependency depth (a node sits right of everything it reads), each column
+    stacked top to bottom: no two nodes overlap and every link runs rightwards."""
+    depth = {}
+
+    def depth_of(node_id):
+        if node_id not in depth:
+            sources = [v[0] for v in prompt[node_id]["inputs"].values() if isinstance(v, list)]
+            depth[node_id] = 1 + max((depth_of(s) for s in sources), default=-1)
+        return depth[node_id]
+
+    pos, bottom = {}, {}
+    for node_id in prompt:
+        column = depth_of(node_id)
+        y = bottom.get(column, 40)
+        pos[node_id] = [40 + column * (WIDTH + GAP), y]
+        bottom[column] = y + heights[node_id] + TITLE_H + GAP
+    return pos
+
+
+def api_to_ui(prompt, mappings):
+    """API-format prompt -> UI-format workflow, laid out in columns by dependency (see `layout`)."""
     nodes, links = [], []
     outputs = {}
+    heights = {node_id: node_height(mappings[node["class_type"]],
+                                    sum(isinstance(v, list) for v in node["inputs"].values()))
+               for node_id, node in prompt.items()}
+    pos = layout(prompt, heights)
     for i, (node_id, node) in enumerate(prompt.items()):
         cls = mappings[node["class_type"]]
         slots, widgets = [], []
@@ -72,9 +109,11 @@ def api_to_ui(prompt, mappings, columns=4):
                 outputs.setdefault((value[0], value[1]), []).append(link_id)
                 slots.append({"name": name, "type": kind, "link": link_id})
         for name in widget_names(cls):
+            if name is not None and name not in node["inputs"]:
+                break                  # saved before this input was appended: the front end fills in its default
             widgets.append("fixed" if name is None else node["inputs"][name])
-        nodes.append({"id": int(node_id), "type": node["class_type"], "pos": [40 + 340 * (i % columns),
-                      40 + 260 * (i // columns)], "size": [300, 120], "flags": {}, "order": i, "mode": 0,
+        nodes.append({"id": int(node_id), "type": node["class_type"], "pos": pos[node_id],
+                      "size": [WIDTH, heights[node_id]], "flags": {}, "order": i, "mode": 0,
                       "inputs": slots, "outputs": [], "title": node.get("_meta", {}).get("title", node["class_type"]),
                       "properties": {"Node name for S&R": node["class_type"], "cnr_id": "lazydit-gates",
                                      "ver": "0.1.0"},

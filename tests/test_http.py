@@ -1,10 +1,8 @@
-"""The pack through ComfyUI's real HTTP server (main.py --cpu on a free loopback port)."""
+"""The pack through ComfyUI's real HTTP server (main.py --cpu on a free loopback port; the `server` fixture
+in conftest.py, with the pack installed in custom_nodes/ComfyUI-LazyDiT)."""
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -14,12 +12,6 @@ import pytest
 pytestmark = pytest.mark.http
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOW = os.path.join(ROOT, "example_workflows", "api", "lazydit_demo_fashion.json")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url):
@@ -34,37 +26,6 @@ def post(url, payload):
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, runtime):
-    """main.py on 127.0.0.1:<free port>, stopped when the module's tests end."""
-    base = runtime.make_base(str(tmp_path_factory.mktemp("http_base")))
-    web = tmp_path_factory.mktemp("empty_web")
-    port = free_port()
-    log = open(os.path.join(base, "server.log"), "w")
-    proc = subprocess.Popen(
-        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory", base,
-         "--front-end-root", str(web), "--database-url", "sqlite:///:memory:", "--disable-api-nodes",
-         "--disable-auto-launch"], cwd=runtime.COMFY, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if "LazyDiT_ApplyGates" in get(f"{url}/object_info"):
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                log.flush()
-                raise RuntimeError("ComfyUI did not start:\n" + open(log.name).read()[-3000:])
-            time.sleep(1)
-        yield url, base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def wait_for(url, prompt_id, timeout=300):
@@ -91,7 +52,7 @@ def assert_draws_demo_images(url, base, prompt):
 def test_demo_workflow_over_http(server):
     """POST /prompt runs the demo workflow (lazy gates + report) and the images land in the output folder;
     a bad workflow is rejected with the reason and the server keeps serving."""
-    url, base = server
+    url, base = server.url, server.base
     prompt = json.load(open(WORKFLOW))
     prompt["7"]["inputs"]["steps"] = 6
     assert_draws_demo_images(url, base, prompt)
@@ -121,7 +82,7 @@ def test_worst_inputs_over_http_then_a_valid_prompt(server):
     from lazydit.lazy_core.engine.gates import GateBank
     from safetensors.torch import save_file
 
-    url, base = server
+    url, base = server.url, server.base
     good = json.load(open(WORKFLOW))
     good["7"]["inputs"]["steps"] = 3
     bank = GateBank.load(os.path.join(ROOT, "weights", "dit_demo_fashion_gates.safetensors"))
