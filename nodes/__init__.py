@@ -1,5 +1,6 @@
 """Thin ComfyUI adapters over lazy_core, one file per concern."""
 
+from .dydit_nodes import NODES as DYDIT_NODES
 from .labels import NODES as LABEL_NODES
 from .lazy_nodes import NODES as LAZY_NODES
 from .loaders import NODES as LOADER_NODES
@@ -7,4 +8,4 @@ from .schedule import NODES as SCHEDULE_NODES
 from .sibling_nodes import NODES as SIBLING_NODES
 from .train_node import NODES as TRAIN_NODES
 
-NODE_LIST = [*LOADER_NODES, *LABEL_NODES, *SCHEDULE_NODES, *LAZY_NODES, *SIBLING_NODES, *TRAIN_NODES]
+NODE_LIST = [*LOADER_NODES, *LABEL_NODES, *SCHEDULE_NODES, *LAZY_NODES, *SIBLING_NODES, *DYDIT_NODES, *TRAIN_NODES]

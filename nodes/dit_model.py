@@ -12,6 +12,7 @@ import comfy.supported_models_base
 import torch
 
 from ..lazy_core.models.dit import DiT, DiTConfig, infer_config, load_strict
+from ..lazy_core.models.dydit import DyDiT, is_dydit
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +53,46 @@ class ComfyDiT(DiT):
         if y is None:
             raise ValueError("DiT needs a class label: connect a DiT Class Label node to the positive input and "
                              "a DiT Null Label node to the negative input")
-        return DiT.forward(self, x, timesteps, y)[:, :self.in_channels]
+        return self.denoise(x, timesteps, y, transformer_options)[:, :self.in_channels]
+
+    def denoise(self, x, t, y, options):
+        return DiT.forward(self, x, t, y)
+
+
+class DySession:
+    """How a DyDiT MODEL samples (route, token skipping, threshold) and what its runs did: the OUTER_SAMPLE
+    wrapper collects each run's calls; shared by reference between clones like LazySession."""
+
+    def __init__(self, route="sliced", tokens=True, threshold=0.5):
+        self.route, self.tokens, self.threshold = route, tokens, threshold
+        self.calls = None
+        self.report = None
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+DY_KEY = "lazydit_dydit"
+
+
+class ComfyDyDiT(ComfyDiT, DyDiT):
+    """DyDiT under ComfyUI: routed as the MODEL's DySession says (the official dynamic inference if none)."""
+
+    def __init__(self, image_model=None, dydit=True, **kwargs):
+        super().__init__(image_model, **kwargs)
+
+    def denoise(self, x, t, y, options):
+        session = options.get(DY_KEY) or DySession()
+        return DyDiT.forward(self, x, t, y, route=session.route, tokens=session.tokens,
+                             threshold=session.threshold, stats=session.calls)
 
 
 class DiTModel(comfy.model_base.BaseModel):
     """BaseModel whose class label travels as a long tensor (`y`), never through the float context."""
 
     def __init__(self, model_config, model_type=comfy.model_base.ModelType.EPS, device=None):
-        super().__init__(model_config, model_type, device=device, unet_model=ComfyDiT)
+        unet = ComfyDyDiT if model_config.unet_config.get("dydit") else ComfyDiT
+        super().__init__(model_config, model_type, device=device, unet_model=unet)
 
     def extra_conds(self, **kwargs):
         out = super().extra_conds(**kwargs)
@@ -94,7 +127,8 @@ def build(sd, latent="auto", name="checkpoint", config=None):
     config = config or infer_config(sd)
     if latent == "auto":
         latent = "pixel" if config.num_classes == 10 else "sd15"
-    unet_config = {"image_model": "lazydit_dit", **config.to_dict()}
+    dynamic = is_dydit(sd)
+    unet_config = {"image_model": "lazydit_dit", **config.to_dict(), **({"dydit": True} if dynamic else {})}
     model_config = DiTSupported(unet_config, LATENT_FORMATS[latent])
     load_device = mm.get_torch_device()
     params = sum(v.numel() for v in sd.values())
@@ -106,6 +140,34 @@ def build(sd, latent="auto", name="checkpoint", config=None):
     model = model_config.get_model(sd)
     model = model.to(mm.unet_offload_device())
     load_strict(model.diffusion_model, sd)
-    log.info("%s: DiT depth %d, width %d, %d tokens, %d classes, latent %s", name, config.depth,
-             config.hidden_size, config.tokens, config.num_classes, latent)
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+    log.info("%s: %s depth %d, width %d, %d tokens, %d classes, latent %s", name, "DyDiT" if dynamic else "DiT",
+             config.depth, config.hidden_size, config.tokens, config.num_classes, latent)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+    if dynamic:
+        patcher = with_dy_session(patcher, DySession())
+    return patcher
+
+
+def dy_session_of(model):
+    return model.model_options.get("transformer_options", {}).get(DY_KEY)
+
+
+def _collect(session, executor, *args, **kwargs):
+    """One sampling run of a DyDiT: its calls' widths become the session's report, whatever happens."""
+    calls, session.calls = session.calls, []
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        run, session.calls = session.calls, calls
+        if run:
+            session.report = run
+
+
+def with_dy_session(model, session):
+    """A clone of a DyDiT MODEL that samples as `session` says and records each run for the report."""
+    m = model.clone()
+    m.model_options.setdefault("transformer_options", {})[DY_KEY] = session
+    m.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, DY_KEY)
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, DY_KEY,
+                           lambda executor, *a, **k: _collect(session, executor, *a, **k))
+    return m

@@ -44,3 +44,30 @@ def render_heatmap(report):
     width = max(p.shape[1] for p in panels)
     panels = [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=245) for p in panels]
     return torch.from_numpy(np.concatenate(panels, axis=0)).float().div(255).unsqueeze(0)
+
+
+def render_widths(report):
+    """A DyDiT run (lazy_core.models.dydit.summarize) as three panels: active heads, MLP channels and MLP
+    tokens per block (rows) and step (columns); bright = more of the block computes. (1, H, W, 3) float."""
+    font = ImageFont.load_default()
+    shares = report["shares"].numpy()                                # (3, depth, steps)
+    _, depth, steps = shares.shape
+    cell = max(4, min(CELL * 2, 720 // max(steps, 1)))
+    panels = []
+    for title, grid in zip(("attention heads", "MLP channels", "MLP tokens"), shares):
+        h, w = depth * cell, steps * cell
+        img = Image.new("RGB", (MARGIN + max(w, 360) + 8, TITLE + h + 24), (245, 245, 245))
+        img.paste(Image.fromarray(np.kron(_colour(grid), np.ones((cell, cell, 1), np.uint8))), (MARGIN, TITLE))
+        d = ImageDraw.Draw(img)
+        d.text((8, 6), f"{title}: {grid.mean():.0%} active on average ({steps} steps)", fill=(0, 0, 0), font=font)
+        d.text((8, 22), "rows: blocks; columns: steps; bright = computed, dark = skipped", fill=(90, 90, 90),
+               font=font)
+        for b in range(depth):
+            if depth <= 14 or b % 4 == 0:
+                d.text((8, TITLE + b * cell + max(0, cell // 2 - 6)), f"block {b}", fill=(0, 0, 0), font=font)
+        for step in range(0, steps, max(1, steps // 10)):
+            d.text((MARGIN + step * cell, TITLE + h + 6), str(step), fill=(0, 0, 0), font=font)
+        panels.append(np.asarray(img))
+    width = max(p.shape[1] for p in panels)
+    panels = [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=245) for p in panels]
+    return torch.from_numpy(np.concatenate(panels, axis=0)).float().div(255).unsqueeze(0)

@@ -15,17 +15,19 @@ FOLDERS = ("checkpoints", "diffusion_models")
 EXTENSIONS = (".pt", ".pth", ".safetensors")
 WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
 DEMO = "dit_demo_fashion.safetensors (built in)"
+DYDIT_DEMO = "dydit_demo_fashion.safetensors (built in)"
+BUILT_IN = {DEMO: "dit_demo_fashion.safetensors", DYDIT_DEMO: "dydit_demo_fashion.safetensors"}
 LATENTS = ("auto", "sd15", "pixel")
 
 
 def checkpoint_files():
     names = {n for f in FOLDERS for n in folder_paths.get_filename_list(f) if n.endswith(EXTENSIONS)}
-    return [DEMO, *sorted(names)]
+    return [DEMO, DYDIT_DEMO, *sorted(names)]
 
 
 def resolve(name):
-    if name == DEMO:
-        return os.path.join(WEIGHTS, "dit_demo_fashion.safetensors")
+    if name in BUILT_IN:
+        return os.path.join(WEIGHTS, BUILT_IN[name])
     for folder in FOLDERS:
         path = folder_paths.get_full_path(folder, name)
         if path:
@@ -48,7 +50,8 @@ class LoadDiT(io.ComfyNode):
             category=CATEGORY,
             description="Loads a class-conditional DiT (facebookresearch/DiT layout: DiT-XL/2 256 or 512, any "
                         "size) from models/checkpoints or models/diffusion_models, or the built-in Fashion-MNIST "
-                        "demo model. The configuration is read from the weights.",
+                        "demo model. DyDiT checkpoints (official layout, with width and token routers) load as "
+                        "DyDiT and sample dynamically. The configuration is read from the weights.",
             inputs=[
                 io.Combo.Input("ckpt_name", options=checkpoint_files(), tooltip="Official .pt or .safetensors."),
                 io.Combo.Input("latent", options=list(LATENTS), default="auto",

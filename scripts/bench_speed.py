@@ -7,6 +7,7 @@ ideal speed-up = 1 / (1 - r * f), r = measured lazy ratio, f = share of a step's
 
     .venv/bin/python scripts/bench_speed.py                       # CPU: DiT-XL/2 256 px + PixArt-Σ 512 px
     .venv/bin/python scripts/bench_speed.py --device cuda --pixart-depth 28 --pixart-px 1024 --dit-px 256,512
+    .venv/bin/python scripts/bench_speed.py --dydit only          # DyDiT-XL/2 at lambda = 0.5 widths vs dense
 """
 
 import argparse
@@ -120,6 +121,11 @@ def main(args):
         bank = GateBank(info, weight=torch.randn(depth, 2, 20, width) * 1e-3)
         return LearnedGates(bank, threshold=-1e9)
 
+    if args.dydit:
+        with torch.inference_mode():
+            dydit_bench(args, device, dtype)
+        if args.dydit == "only":
+            return
     cases = [dit_case(int(px), args.dit_depth, device, dtype) for px in args.dit_px.split(",") if px]
     if args.pixart_px:
         cases.append(pixart_case(args.pixart_px, args.pixart_depth, device, dtype))
@@ -161,6 +167,84 @@ def main(args):
             print(f"{name:28s} f = {f:.3f} (attention + MLP share of step MACs)")
 
 
+def dydit_widths(model, heads, groups, step):
+    """Routers set so that every block uses `heads` heads and `groups` MLP groups at this step: the set
+    rotates by one unit per step (the same count, other units), so that consecutive steps need new slices."""
+    H = model.config.num_heads
+    for i, block in enumerate(model.blocks):
+        for router, count in ((block.attn_rate.router, heads), (block.mlp_rate.router, groups)):
+            on = {(i + step + k) % (H - 1) for k in range(count - 1)}
+            router.weight.zero_()
+            router.bias.copy_(torch.tensor([20.0 if u in on else -20.0 for u in range(H - 1)]))
+
+
+def dydit_tokens(model, forward, x, keep, rounds=3):
+    """Token routers' biases shifted until each block keeps about `keep` of the tokens on this input."""
+    logits = {}
+    hooks = [b.token_selection.register_forward_hook(lambda m, a, out, i=i: logits.__setitem__(i, out))
+             for i, b in enumerate(model.blocks)]
+    for _ in range(rounds):
+        forward(x, 500)
+        for i, block in enumerate(model.blocks):
+            block.token_selection.mlp_head[2].bias -= torch.quantile(logits[i].float().flatten(), 1 - keep).to(
+                block.token_selection.mlp_head[2].bias.dtype)
+    for h in hooks:
+        h.remove()
+
+
+def dydit_bench(args, device, dtype):
+    """DyDiT at the DiT-XL/2 shape with random weights and widths of the official lambda = 0.5 budget (the
+    released checkpoint's own widths cannot be downloaded here): sliced inference against the dense model,
+    against the MAC-ideal speed-up."""
+    from lazydit.lazy_core.models.dit import DiTConfig
+    from lazydit.lazy_core.models.dydit import DyDiT, dense_macs, summarize
+    px = int(args.dit_px.split(",")[0])
+    c = DiTConfig(input_size=px // 8, depth=args.dit_depth)
+    with torch.device(device):
+        model = DyDiT(c).to(dtype).eval()
+    x = torch.randn(4, 4, px // 8, px // 8, device=device, dtype=dtype)       # 2 images x (cond, uncond)
+    y = torch.tensor([1, 2, 1000, 1000], device=device)
+    ts = [round(999 - i * 999 / max(args.steps - 1, 1)) for i in range(args.steps)]
+    tokens, d, depth = c.tokens, c.hidden_size, c.depth
+    other = tokens * 16 * d + tokens * d * 32 + depth * 6 * d * d + 2 * d * d + 256 * d + d * d
+
+    def run(route, rotate, stats=None):
+        for i, t in enumerate(ts):
+            if route != "dense":
+                dydit_widths(model, args.dydit_heads, args.dydit_groups, i if rotate else 0)
+            model(x, torch.full((x.shape[0],), float(t), device=device), y, route=route, stats=stats)
+
+    dydit_widths(model, args.dydit_heads, args.dydit_groups, 0)
+    dydit_tokens(model, lambda x_, t: model(x_, torch.full((x_.shape[0],), float(t), device=device), y), x,
+                 args.dydit_tokens)
+    variants = {"dense (complete model)": ("dense", False), "dynamic, same widths each step": ("sliced", False),
+                "dynamic, new widths each step": ("sliced", True)}
+    run("dense", False)                                                        # warm-up
+    times = {k: [] for k in variants}
+    for _ in range(args.repeats):
+        for k, (route, rotate) in variants.items():
+            times[k].append(timed(lambda: run(route, rotate), device) / args.steps)
+    stats = []
+    run("sliced", True, stats)
+    report = summarize(c, stats)
+    dense_total = (dense_macs(c) * depth + other) * x.shape[0]
+    dyn_total = report["macs"] / args.steps + other * x.shape[0]
+    mac_ratio = dyn_total / dense_total
+    heads, groups, kept = report["shares"].mean(dim=(1, 2)).tolist()
+    print(f"DyDiT-XL/2 {px}px (depth {depth}): heads {heads:.0%}, MLP channels {groups:.0%}, MLP tokens {kept:.0%}; "
+          f"attention + MLP at {report['ratio']:.1%} of the dense MACs, whole step at {mac_ratio:.1%} "
+          f"(official lambda = 0.5: 57.88 / 118.69 GFLOPs = 48.8 %)")
+    base = statistics.median(times["dense (complete model)"])
+    ideal = 1 / mac_ratio
+    print(f"{'variant':34s} {'s/call':>8s} {'speed-up':>9s} {'ideal':>7s} {'of ideal':>9s} {'time cut / MAC cut':>19s}")
+    for k in variants:
+        t = statistics.median(times[k])
+        speed = base / t
+        macs = 1.0 if variants[k][0] == "dense" else mac_ratio
+        cut = (1 - t / base) / (1 - macs) if macs < 1 else float("nan")
+        print(f"{k:34s} {t:8.3f} {speed:9.3f} {1 / macs:7.3f} {speed * macs:9.1%} {cut:19.1%}")
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -173,4 +257,9 @@ if __name__ == "__main__":
     p.add_argument("--pixart-px", type=int, default=512)
     p.add_argument("--pixart-depth", type=int, default=8)
     p.add_argument("--only", default="", help="comma-separated variants to run beside 'unpatched'")
+    p.add_argument("--dydit", nargs="?", const="also", default="", choices=("", "also", "only"),
+                   help="also (or only) DyDiT at the DiT-XL/2 shape, sliced against dense")
+    p.add_argument("--dydit-heads", type=int, default=10, help="active heads of 16 per block")
+    p.add_argument("--dydit-groups", type=int, default=8, help="active MLP channel groups of 16 per block")
+    p.add_argument("--dydit-tokens", type=float, default=0.8, help="share of tokens through the MLP")
     main(p.parse_args())

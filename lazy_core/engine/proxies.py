@@ -42,6 +42,9 @@ def register_block(block_class, architecture, attn="attn", mlp="mlp"):
 
 
 def layout_for(block):
+    refusal = getattr(block, "refuses_lazy", None)
+    if refusal:
+        raise UnsupportedModelError(refusal)
     for cls in type(block).__mro__:
         if cls in LAYOUTS:
             return LAYOUTS[cls]

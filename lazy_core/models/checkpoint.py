@@ -1,6 +1,7 @@
 """DiT checkpoints on disk: read one with every check done (for the loader node and the command-line tools),
 and the sha256 gate files record."""
 
+import argparse
 import hashlib
 import json
 import os
@@ -13,6 +14,7 @@ import safetensors.torch
 import torch
 
 from .dit import CheckpointError, DiT, DiTConfig, check_state_dict, infer_config, unwrap_state_dict
+from .dydit import DyDiT, is_dydit
 
 
 def _first_line(err):
@@ -32,7 +34,10 @@ def read_state_dict(path, name=None):
                 meta = f.metadata() or {}
             sd = safetensors.torch.load_file(str(path))
         else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            # Official training checkpoints (DiT, DyDiT train.py) also hold their argparse options: a plain
+            # attribute bag, allowed by name; anything else that is not a tensor stays refused.
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                sd = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"{name} was refused: it is a pickle that wants to run code or build non-tensor objects, which is "
@@ -93,17 +98,22 @@ def read_checkpoint(path, name=None):
     sd, meta = read_state_dict(path, name)
     try:
         config = config_from_metadata(meta["config"], sd) if "config" in meta else infer_config(sd)
-        check_state_dict(config, sd)
+        check_state_dict(config, sd, model_class(sd))
         check_finite(sd)
     except CheckpointError as err:
         raise CheckpointError(f"{name}: {err}") from err
     return sd, config
 
 
+def model_class(sd):
+    """DyDiT for state dicts with its routers (the official DyDiT layout), else DiT."""
+    return DyDiT if is_dydit(sd) else DiT
+
+
 def load_model(path):
-    """A DiT from a checkpoint file (every check of read_checkpoint), in fp32 and eval mode."""
+    """A DiT or DyDiT from a checkpoint file (every check of read_checkpoint), in fp32 and eval mode."""
     sd, config = read_checkpoint(path)
-    model = DiT(config)
+    model = model_class(sd)(config)
     model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
     return model.eval().requires_grad_(False)
 

@@ -113,12 +113,14 @@ class Mlp(nn.Module):
 class DiTBlock(nn.Module):
     """A DiT block with adaptive layer norm zero (adaLN-Zero) conditioning."""
 
+    attention, feed_forward = Attention, Mlp     # subclasses (DyDiT) swap in their own, same keys
+
     def __init__(self, hidden_size, num_heads, mlp_ratio=4.0, ops=TORCH_OPS, **factory):
         super().__init__()
         self.norm1 = ops.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6, **factory)
-        self.attn = Attention(hidden_size, num_heads, ops=ops, **factory)
+        self.attn = self.attention(hidden_size, num_heads, ops=ops, **factory)
         self.norm2 = ops.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6, **factory)
-        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), ops=ops, **factory)
+        self.mlp = self.feed_forward(hidden_size, int(hidden_size * mlp_ratio), ops=ops, **factory)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), ops.Linear(hidden_size, 6 * hidden_size, bias=True, **factory))
 
     def forward(self, x, c):
@@ -172,6 +174,8 @@ class CheckpointError(ValueError):
 class DiT(nn.Module):
     """Diffusion model with a Transformer backbone."""
 
+    block = DiTBlock
+
     def __init__(self, config: DiTConfig = DiTConfig(), ops=TORCH_OPS, dtype=None, device=None):
         super().__init__()
         factory = {"dtype": dtype, "device": device}
@@ -189,9 +193,14 @@ class DiT(nn.Module):
         # Fixed sin-cos embedding, stored as a frozen parameter so that official checkpoints load strictly.
         self.pos_embed = nn.Parameter(torch.zeros(1, c.tokens, c.hidden_size, **factory), requires_grad=False)
         self.blocks = nn.ModuleList([
-            DiTBlock(c.hidden_size, c.num_heads, mlp_ratio=c.mlp_ratio, ops=ops, **factory) for _ in range(c.depth)
+            self.block(c.hidden_size, c.num_heads, mlp_ratio=c.mlp_ratio, ops=ops, **factory) for _ in range(c.depth)
         ])
         self.final_layer = FinalLayer(c.hidden_size, c.patch_size, self.out_channels, ops=ops, **factory)
+
+    @property
+    def family(self):
+        """The plain class whose keys this model's state dict has (hosts subclass with other signatures)."""
+        return DiT
 
     def initialize_weights(self, seed=None):
         """The original training initialisation (only needed to train from scratch)."""
@@ -240,6 +249,12 @@ class DiT(nn.Module):
         x = torch.einsum("nhwpqc->nchpwq", x)
         return x.reshape(x.shape[0], c, h * p, h * p)
 
+    def check_size(self, x):
+        side = self.x_embedder.img_size
+        if x.shape[-2:] != (side, side):
+            raise ValueError(f"DiT was built for {side}x{side} latents but got {tuple(x.shape[-2:])}: its positional "
+                             f"embedding is fixed; use an image of {side * 8}x{side * 8} px")
+
     def embed(self, x, t, y):
         """Token embedding and conditioning vector: (N, C, H, W) -> (N, T, D), (N, D)."""
         x = self.x_embedder(x) + self.pos_embed.to(x.dtype)   # (N, T, D)
@@ -251,11 +266,7 @@ class DiT(nn.Module):
         x: (N, C, H, W) latents, t: (N,) diffusion timesteps (0..999), y: (N,) class labels.
         Returns (N, out_channels, H, W): eps, then (with learn_sigma) the variance interpolation.
         """
-        if x.shape[-2:] != (self.x_embedder.img_size, self.x_embedder.img_size):
-            raise ValueError(
-                f"DiT was built for {self.x_embedder.img_size}x{self.x_embedder.img_size} latents but got "
-                f"{tuple(x.shape[-2:])}: its positional embedding is fixed; use an image of "
-                f"{self.x_embedder.img_size * 8}x{self.x_embedder.img_size * 8} px")
+        self.check_size(x)
         x, c = self.embed(x, t, y.long())
         for block in self.blocks:
             x = block(x, c)                    # (N, T, D)
@@ -304,9 +315,10 @@ def unwrap_state_dict(sd):
 
 
 def infer_config(sd, num_heads=None, class_dropout_prob=0.1, **overrides):
-    """Infers a DiTConfig from DiT state-dict shapes. Heads cannot be read from weights: they follow the
-    paper's configs (width 1152/1024/768/384 -> 16/16/12/6 heads, else width // 64) unless given. The
-    label table has a null row (for guidance) iff class_dropout_prob > 0."""
+    """Infers a DiTConfig from DiT state-dict shapes. Heads cannot be read from DiT weights (DyDiT's head
+    router has one output per head but the first): they follow the paper's configs (width 1152/1024/768/384
+    -> 16/16/12/6 heads, else width // 64) unless given. The label table has a null row (for guidance) iff
+    class_dropout_prob > 0."""
     missing = [k for k in REQUIRED_KEYS if k not in sd]
     if missing:
         found = ", ".join(sorted(sd)[:5]) or "nothing"
@@ -331,6 +343,9 @@ def infer_config(sd, num_heads=None, class_dropout_prob=0.1, **overrides):
     out = sd["final_layer.linear.weight"].shape[0] // (patch * patch)
     rows = sd["y_embedder.embedding_table.weight"].shape[0]
     mlp_hidden = sd["blocks.0.mlp.fc1.weight"].shape[0]
+    router = sd.get("blocks.0.attn_rate.router.weight")       # DyDiT: one logit per head but the first
+    if num_heads is None and router is not None and router.ndim == 2:
+        num_heads = router.shape[0] + 1
     if num_heads is None:
         num_heads = PAPER_HEADS.get(hidden, max(1, hidden // 64))
     if hidden % num_heads:
@@ -350,11 +365,12 @@ def _listed(keys, limit=3):
     return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-def check_state_dict(config, sd):
-    """Raises CheckpointError unless `sd` has exactly the keys and shapes of a DiT with `config`; read off
-    a model on the meta device, so nothing is allocated."""
+def check_state_dict(config, sd, cls=None):
+    """Raises CheckpointError unless `sd` has exactly the keys and shapes of a `cls` (DiT unless given) with
+    `config`; read off a model on the meta device, so nothing is allocated."""
+    cls = cls or DiT
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in DiT(config).state_dict().items()}
+        expected = {k: tuple(v.shape) for k, v in cls(config).state_dict().items()}
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     wrong = [f"{k} {tuple(sd[k].shape)} (expected {expected[k]})" for k in expected
@@ -363,15 +379,15 @@ def check_state_dict(config, sd):
                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
     if problems:
         c = config
-        raise CheckpointError(f"tensors do not fit the DiT they imply (depth {c.depth}, width {c.hidden_size}, "
-                              f"patch {c.patch_size}, {c.num_classes} classes): {'; '.join(problems)}. The file is "
-                              f"incomplete or from another model: use an official facebookresearch/DiT "
-                              f"checkpoint or one saved by this pack")
+        raise CheckpointError(f"tensors do not fit the {cls.__name__} they imply (depth {c.depth}, width "
+                              f"{c.hidden_size}, patch {c.patch_size}, {c.num_classes} classes): "
+                              f"{'; '.join(problems)}. The file is incomplete or from another model: use an "
+                              f"official facebookresearch/DiT (or DyDiT) checkpoint or one saved by this pack")
 
 
 def load_strict(model, sd):
     """load_state_dict(strict=True), after a key and shape check whose error says what does not fit."""
-    check_state_dict(model.config, sd)
+    check_state_dict(model.config, sd, model.family)
     model.load_state_dict(sd, strict=True)
 
 

@@ -1,0 +1,101 @@
+"""DyDiT inside the real ComfyUI: the shipped demo DyDiT samples recognisable classes through core KSampler
+from its example workflow, at well under the dense MACs, and the lazy caches refuse it clearly."""
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKFLOW = os.path.join(ROOT, "example_workflows", "api", "lazydit_dydit_fashion.json")
+DYDIT = "dydit_demo_fashion.safetensors (built in)"
+
+
+def grey32(path):
+    """A saved 128 x 128 demo image as the classifier's (1, 32, 32) input in [0, 1]."""
+    img = Image.open(path).convert("L").resize((32, 32), Image.BOX)
+    return torch.from_numpy(np.asarray(img, np.float32) / 255).unsqueeze(0)
+
+
+@pytest.fixture(scope="module")
+def run(comfy):
+    outputs = comfy.run(json.load(open(WORKFLOW)))
+    return outputs
+
+
+def images(comfy, outputs, node):
+    return torch.stack([grey32(os.path.join(comfy.output, i["subfolder"], i["filename"]))
+                        for i in outputs[node]["images"]])
+
+
+def test_demo_dydit_samples_recognisable_classes_at_under_60_percent_of_the_macs(comfy, run):
+    from lazydit.lazy_core.demo.classifier import FashionClassifier, evaluate
+
+    classifier = FashionClassifier.load(os.path.join(ROOT, "weights", "fashion_classifier.safetensors"))
+    labels = torch.arange(10)
+    dynamic, dense = images(comfy, run, "9"), images(comfy, run, "17")
+    acc_dynamic, _ = evaluate(classifier, dynamic, labels)
+    acc_dense, _ = evaluate(classifier, dense, labels)
+    assert acc_dynamic >= 0.7 and acc_dense >= 0.7, (acc_dynamic, acc_dense)
+    assert (dynamic - dense).abs().mean() > 1e-3          # the dynamic branch really ran differently
+    text = run["12"]["text"][0]
+    ratio = float(re.search(r"attention \+ MLP at ([\d.]+)% of the dense MACs", text).group(1)) / 100
+    assert ratio <= 0.6, text                              # lambda = 0.5: at least 40 % fewer MACs
+    assert re.search(r"^DyDiT: 20 steps", text)
+    info = run["13"]["text"][0]
+    assert "dynamic width at threshold 0.50" in info
+
+
+def test_report_heatmap_is_drawn(comfy, run):
+    report = run["11"]["images"][0]
+    img = np.asarray(Image.open(os.path.join(comfy.output, report["subfolder"], report["filename"])))
+    assert img.shape[0] > 200 and img.shape[1] >= 360
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 8     # more than background and text
+
+
+def test_lazy_gates_refuse_a_dydit_model(comfy):
+    from comfy_headless import WorkflowError
+
+    prompt = json.load(open(WORKFLOW))
+    prompt["20"] = {"class_type": "LazyDiT_LoadGates", "inputs": {"gate_name": "dit_demo_fashion_gates.safetensors "
+                                                                               "(built in)"}}
+    prompt["21"] = {"class_type": "LazyDiT_ApplyGates", "inputs": {"model": ["1", 0], "gates": ["20", 0],
+                                                                   "laziness": 0.5, "max_lazy_steps": 1,
+                                                                   "cache_device": "auto", "cache_dtype": "auto"}}
+    prompt["6"]["inputs"]["model"] = ["21", 0]
+    with pytest.raises(WorkflowError, match="DyDiT model.*do not combine"):
+        comfy.run(prompt)
+
+
+def test_fora_refuses_a_dydit_model(comfy):
+    from lazydit.lazy_core.engine.proxies import UnsupportedModelError
+    from lazydit.nodes.loaders import LoadDiT
+    from lazydit.nodes.sibling_nodes import ForaNode
+
+    model = LoadDiT.execute(DYDIT, "auto").args[0]
+    with pytest.raises(UnsupportedModelError, match="DyDiT"):
+        ForaNode.execute(model, 2)
+
+
+def test_width_node_refuses_a_dense_model_and_names_the_fix(comfy):
+    from comfy_headless import WorkflowError
+
+    prompt = json.load(open(WORKFLOW))
+    prompt["1"]["inputs"]["ckpt_name"] = "dit_demo_fashion.safetensors (built in)"
+    with pytest.raises(WorkflowError, match="needs a DyDiT model.*load a DyDiT checkpoint"):
+        comfy.run(prompt)
+
+
+def test_width_node_refuses_a_bad_threshold(comfy):
+    from comfy_headless import WorkflowError
+
+    prompt = json.load(open(WORKFLOW))
+    prompt["2"]["inputs"]["threshold"] = 1.5
+    for node in ("14", "15", "16", "17"):                 # the dense branch would still run on its own
+        del prompt[node]
+    with pytest.raises(WorkflowError, match="threshold = 1.5 is not a number in 0.05..0.95"):
+        comfy.run(prompt)
