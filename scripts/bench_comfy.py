@@ -2,9 +2,13 @@
 model with the same labels, seeds and sampler, side by side in one run: exact; at about 30 % and 45 % lazy
 the learned gates, the sensitivity schedule, random decisions and fewer sampler steps at equal attention/MLP
 MACs; FORA-2, Δ-DiT, and ComfyUI's own EasyCache and LazyCache. Quality against the exact output (PSNR/SSIM)
-and against Fashion-MNIST (FID in the classifier's feature space, class accuracy); wall-clock speed-up.
+and against Fashion-MNIST (FID in the classifier's feature space, class accuracy); wall-clock speed-up; the
+attention + MLP MACs each method computed, as a share of the exact run's. With --dydit also the DyDiT demo
+model (fine-tuned from the same DiT at lambda = 0.5) sampled dynamically and as its complete model, and the
+step count with DyDiT's measured MACs.
 
     .venv/bin/python scripts/bench_comfy.py --steps 20 --per-class 30
+    .venv/bin/python scripts/bench_comfy.py --steps 20 --per-class 30 --dydit --targets 0.5 --easycache
 """
 
 import argparse
@@ -28,13 +32,17 @@ def main(args):
     from lazydit.lazy_core.demo.metrics import frechet_distance, gaussian_stats, psnr, ssim
     from lazydit.lazy_core.engine.cache import CacheOptions
     from lazydit.lazy_core.engine.policies import RandomLazy
+    from lazydit.lazy_core.models.dydit import summarize
+    from lazydit.nodes.dit_model import dy_session_of
+    from lazydit.nodes.dydit_nodes import DyDiTWidth
     from lazydit.nodes.labels import conditioning
     from lazydit.nodes.lazy_hook import LazySession, install, session_of
     from lazydit.nodes.lazy_nodes import ApplyLazyGates, LoadLazyGates
-    from lazydit.nodes.loaders import DEMO, LoadDiT
+    from lazydit.nodes.loaders import DEMO, DYDIT_DEMO, LoadDiT
     from lazydit.nodes.sibling_nodes import DeltaDiTNode, ForaNode
 
     model = LoadDiT.execute(DEMO, "auto").args[0]
+    dydit = LoadDiT.execute(DYDIT_DEMO, "auto").args[0] if args.dydit else None
     gates = LoadLazyGates.execute("dit_demo_fashion_gates.safetensors (built in)").args[0]
     schedule = LoadLazyGates.execute("dit_demo_fashion_schedule.safetensors (built in)").args[0]
     classifier = FashionClassifier.load(os.path.join(WEIGHTS, "fashion_classifier.safetensors"))
@@ -74,10 +82,17 @@ def main(args):
     for threshold in args.easycache:
         methods[f"EasyCache {threshold}"] = (ec(easycache.EasyCacheNode, threshold), args.steps)
         methods[f"LazyCache {threshold}"] = (ec(easycache.LazyCacheNode, threshold), args.steps)
+    if dydit is not None:
+        def dy(mode):
+            return lambda m: DyDiTWidth.execute(dydit, mode, True, 0.5).args[0]
+        methods["DyDiT complete (dense)"] = (dy("dense"), args.steps)
+        methods["DyDiT dynamic (lambda 0.5)"] = (dy("dynamic"), args.steps)
     results, ref = {}, None
-    for name, (make, steps) in methods.items():
+    pending = list(methods.items())
+    while pending:
+        name, (make, steps) = pending.pop(0)
         patched = make(model)
-        outs, seconds, ratios = [], 0.0, []
+        outs, seconds, ratios, macs = [], 0.0, [], []
         for i in range(0, len(y), args.batch):
             rows = y[i:i + args.batch]
             latent = {"samples": torch.zeros(len(rows), 4, 16, 16)}
@@ -90,10 +105,21 @@ def main(args):
             session = session_of(patched)
             if session is not None and session.report is not None:
                 ratios.append(session.report["ratio"])
+                macs.append(1 - session.report["macs_share"])
+            dy_session = dy_session_of(patched)
+            if dy_session is not None and dy_session.report:
+                report = summarize(dydit.model.diffusion_model.config, dy_session.report)
+                macs.append(report["ratio"] if dy_session.route != "dense" else 1.0)
         imgs = torch.cat(outs)
         acc, feats = evaluate(classifier, imgs, y)
         row = {"seconds": seconds, "fid": frechet_distance(gaussian_stats(feats), test_stats), "acc": acc,
-               "lazy": sum(ratios) / len(ratios) if ratios else None}
+               "lazy": sum(ratios) / len(ratios) if ratios else None,
+               "macs": steps / args.steps * (sum(macs) / len(macs) if macs else 1.0)}
+        if name.startswith(("EasyCache", "LazyCache")):
+            row["macs"] = None                          # they skip whole steps; not counted here
+        if name == "DyDiT dynamic (lambda 0.5)":
+            fewer = round(args.steps * row["macs"])
+            pending.append((f"{fewer} steps (DyDiT's MACs)", (lambda m: m, fewer)))
         if ref is None:
             ref = (imgs, seconds)
         else:
@@ -101,7 +127,8 @@ def main(args):
         row["speed"] = ref[1] / seconds
         results[name] = row
         lazy = f"{row['lazy']:6.1%}" if row["lazy"] is not None else "     -"
-        print(f"{name:30s} lazy {lazy}  {seconds:6.1f} s  {row['speed']:5.2f}x  "
+        work = f"{row['macs']:6.1%}" if row["macs"] is not None else "     -"
+        print(f"{name:30s} lazy {lazy}  MACs {work}  {seconds:6.1f} s  {row['speed']:5.2f}x  "
               f"PSNR {row.get('psnr', float('inf')):6.2f}  SSIM {row.get('ssim', 1.0):.4f}  "
               f"FID {row['fid']:7.3f}  acc {acc:.1%}", flush=True)
 
@@ -117,6 +144,7 @@ if __name__ == "__main__":
     p.add_argument("--targets", type=float, nargs="+", default=[0.3, 0.45], help="lazy ratios compared")
     p.add_argument("--easycache", type=float, nargs="*", default=[0.2],
                    help="EasyCache/LazyCache reuse thresholds (their default is 0.2)")
+    p.add_argument("--dydit", action="store_true", help="add the DyDiT demo model's rows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     main(p.parse_args())

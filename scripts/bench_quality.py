@@ -9,8 +9,12 @@
               PSNR/SSIM against the exact N-step output (mean over images, and its spread over the noise
               seeds), FID and accuracy over all images, GMACs, wall time, and the learned gates' input
               dependence (share of decisions that differ from the majority decision across images).
+  --dydit     with --compare: also the DyDiT demo model (fine-tuned at lambda = 0.5) sampled dynamically and
+              as its complete (dense) model, DDIM with fewer steps at DyDiT's measured MACs, and Δ-DiT;
+              with --manifest: the DyDiT model's figures (dynamic, 1000 samples) instead of the DiT's.
 
     .venv/bin/python scripts/bench_quality.py --compare --per-class 10 --seeds 0 1 2
+    .venv/bin/python scripts/bench_quality.py --compare --dydit --short --steps 20 --targets 0.45
 """
 
 import argparse
@@ -24,6 +28,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 WEIGHTS = os.path.join(ROOT, "weights")
+DYDIT = "dydit_demo_fashion.safetensors"
 
 
 def fmt(name, s, ref_seconds=None):
@@ -66,26 +71,31 @@ def main(args):
     from lazydit.lazy_core.demo.evaluate import Evaluator
     from lazydit.lazy_core.engine.cache import CacheOptions
     from lazydit.lazy_core.engine.gates import GateBank
-    from lazydit.lazy_core.engine.policies import Fora, LearnedGates, RandomLazy, StaticMask
+    from lazydit.lazy_core.engine.policies import DeltaDiT, Fora, LearnedGates, RandomLazy, StaticMask
     from lazydit.lazy_core.models.checkpoint import load_model
 
     model = load_model(os.path.join(WEIGHTS, "dit_demo_fashion.safetensors"))
+    dydit = load_model(os.path.join(WEIGHTS, DYDIT)).eval() if args.dydit else None
     classifier = os.path.join(WEIGHTS, "fashion_classifier.safetensors")
     if args.manifest:
         ev = Evaluator(model, classifier, per_class=args.per_class, seed=args.seed)
+        name = DYDIT if args.dydit else "dit_demo_fashion.safetensors"
         results = {}
         for cfg in args.cfg:
             for steps in (50, 20):
-                s = ev.scores(ev.sample(steps, cfg))
+                sampled = ev.sample(steps, cfg, dydit={"model": dydit} if args.dydit else None)
+                s = ev.scores(sampled)
+                if args.dydit:
+                    s["macs_share"] = sampled.macs / ev.full_macs(steps, cfg)
                 results[f"cfg{cfg}_ddim{steps}"] = {k: round(v, 4) for k, v in s.items() if k != "lazy_ratio"}
-                print(f"cfg {cfg} DDIM {steps}: accuracy {s['accuracy']:.1%}, FID {s['fid']:.3f}, "
+                print(f"{name} cfg {cfg} DDIM {steps}: accuracy {s['accuracy']:.1%}, FID {s['fid']:.3f}, "
                       f"{s['seconds']:.0f} s for {len(ev.labels)} samples", flush=True)
         print(json.dumps(results, indent=1))
         if args.write:
             path = os.path.join(WEIGHTS, "manifest.json")
             manifest = json.load(open(path)) if os.path.exists(path) else {}
-            manifest.setdefault("dit_demo_fashion.safetensors", {})["quality"] = {
-                "samples": len(ev.labels), "sampler": "DDIM (eta 0, DiT spacing)", **results}
+            sampler = "DDIM (eta 0, DiT spacing)" + (", dynamic (sliced widths, token skipping)" if args.dydit else "")
+            manifest.setdefault(name, {})["quality"] = {"samples": len(ev.labels), "sampler": sampler, **results}
             json.dump(manifest, open(path, "w"), indent=1)
     if args.compare:
         learned = GateBank.load(os.path.join(WEIGHTS, args.gates))
@@ -129,12 +139,22 @@ def main(args):
                 row(f"DDIM {fewer}", ev.sample(fewer, cfg))
             row("FORA interval 2", ev.sample(n, cfg, Fora(2)))
             row("FORA interval 2, extrapolated", ev.sample(n, cfg, Fora(2), reuse))
+            if dydit is not None:
+                depth = model.config.depth
+                row(f"Δ-DiT {depth // 2}/{depth} blocks, N=2", ev.sample(n, cfg, DeltaDiT(depth, depth // 2, 500, 2)))
+                dense = row(f"DyDiT {n}, complete (dense)", ev.sample(n, cfg, dydit={"model": dydit, "route": "dense"}))
+                dynamic = row(f"DyDiT {n}, dynamic (lambda 0.5)", ev.sample(n, cfg, dydit={"model": dydit}))
+                print(f"    DyDiT dynamic against its own complete model: PSNR "
+                      f"{ev.scores(dynamic, dense)['psnr']:.2f} dB", flush=True)
+                fewer = round(n * dynamic.macs / exact.macs)
+                row(f"DDIM {fewer} (DyDiT's MACs)", ev.sample(fewer, cfg))
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", action="store_true")
     p.add_argument("--compare", action="store_true")
+    p.add_argument("--dydit", action="store_true", help="add the DyDiT demo model (see above)")
     p.add_argument("--write", action="store_true", help="with --manifest: store the figures in the manifest")
     p.add_argument("--cfg", type=float, nargs="+", default=[4.0])
     p.add_argument("--per-class", type=int, default=10, help="images per class and seed")

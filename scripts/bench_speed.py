@@ -235,7 +235,6 @@ def dydit_bench(args, device, dtype):
           f"attention + MLP at {report['ratio']:.1%} of the dense MACs, whole step at {mac_ratio:.1%} "
           f"(official lambda = 0.5: 57.88 / 118.69 GFLOPs = 48.8 %)")
     base = statistics.median(times["dense (complete model)"])
-    ideal = 1 / mac_ratio
     print(f"{'variant':34s} {'s/call':>8s} {'speed-up':>9s} {'ideal':>7s} {'of ideal':>9s} {'time cut / MAC cut':>19s}")
     for k in variants:
         t = statistics.median(times[k])

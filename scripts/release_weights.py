@@ -69,6 +69,16 @@ def main():
             "python -m lazy_core.training.train_gates --model weights/dit_demo_fashion.safetensors --out "
             "weights/dit_demo_fashion_gates_local.safetensors --objective local --iters 400 --batch 32 "
             "--lr 1e-3 --rho 3e-5 --seed 0 --pool 64"),
+        "dydit_demo_fashion.safetensors": lambda m: {
+            "what": "DyDiT of the demo model (Zhao et al., ICLR 2025): the demo DiT fine-tuned with timestep-wise "
+                    "dynamic width (head and MLP channel-group routers) and spatial token routers to a FLOPs "
+                    "target of lambda = 0.5, official checkpoint layout, EMA weights, fp16",
+            "config": json.loads(m["config"]),
+            "recipe": {**json.loads(m["dydit_recipe"]),
+                       "command": "python -m lazy_core.training.train_dydit --model weights/dit_demo_fashion"
+                                  ".safetensors --out weights/dydit_demo_fashion.safetensors --target 0.5"},
+            "train_seconds": int(float(json.loads(m["dydit_recipe"])["train_seconds"])),
+            "data": DATA, "licence": "MIT"},
     }
     for name, describe in entries.items():
         file = os.path.join(WEIGHTS, name)

@@ -11,7 +11,8 @@ WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MANIFEST = json.load(open(os.path.join(WEIGHTS, "manifest.json")))
 GATES = ["dit_demo_fashion_gates.safetensors", "dit_demo_fashion_schedule.safetensors",
          "dit_demo_fashion_gates_local.safetensors"]
-SHIPPED = ["dit_demo_fashion.safetensors", "fashion_classifier.safetensors", *GATES]
+DYDIT = "dydit_demo_fashion.safetensors"
+SHIPPED = ["dit_demo_fashion.safetensors", "fashion_classifier.safetensors", *GATES, DYDIT]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -28,6 +29,24 @@ def test_demo_model_loads_and_matches_its_config():
     model = load_model(os.path.join(WEIGHTS, "dit_demo_fashion.safetensors"))
     assert model.config.tokens >= 64 and model.config.num_classes == 10
     assert MANIFEST["dit_demo_fashion.safetensors"]["config"] == model.config.to_dict()
+
+
+def test_dydit_model_matches_its_manifest():
+    """The DyDiT demo model loads strictly as a DyDiT of the demo model's shape, fine-tuned from the shipped
+    demo model at the manifest's lambda, and its measured 1,000-sample quality is recorded."""
+    from lazydit.lazy_core.models.checkpoint import load_model
+    from lazydit.lazy_core.models.dydit import DyDiT
+
+    model = load_model(os.path.join(WEIGHTS, DYDIT))
+    entry = MANIFEST[DYDIT]
+    assert isinstance(model, DyDiT)
+    assert entry["config"] == model.config.to_dict() == MANIFEST["dit_demo_fashion.safetensors"]["config"]
+    assert entry["recipe"]["base_model_sha256"] == MANIFEST["dit_demo_fashion.safetensors"]["sha256"]
+    assert entry["recipe"]["target"] == 0.5 and abs(entry["recipe"]["final_train_flops_ratio"] - 0.5) < 0.05
+    quality = entry["quality"]
+    assert quality["samples"] == 1000
+    for run in ("cfg4.0_ddim50", "cfg4.0_ddim20"):
+        assert quality[run]["macs_share"] <= 0.6 and quality[run]["accuracy"] >= 0.7
 
 
 def test_classifier_accuracy_on_test_split():

@@ -51,8 +51,12 @@ class Evaluator:
         self.test_stats = gaussian_stats(feats)
         self.diffusion = GaussianDiffusion()
 
-    def sample(self, steps, cfg, policy=None, options=None):
-        """Samples every label with DDIM; with a policy, lazily (one LazyRun per batch)."""
+    def sample(self, steps, cfg, policy=None, options=None, dydit=None):
+        """Samples every label with DDIM; with a policy, lazily (one LazyRun per batch); with `dydit`, a DyDiT
+        model instead of the evaluator's: {"model": m} samples it dynamically (its MACs measured from the calls'
+        widths), {"model": m, "route": "dense"} as its complete model; other keys go to its forward."""
+        if dydit is not None:
+            return self._sample_dydit(steps, cfg, **dydit)
         outs, ratio_sum, macs_saved, t0 = [], 0.0, 0.0, time.perf_counter()
         lazy_map = None
         for i in range(0, len(self.labels), self.batch):
@@ -75,6 +79,22 @@ class Evaluator:
         full = self.full_macs(steps, cfg)
         lazy_map = None if lazy_map is None else lazy_map / n
         return Sampled(torch.cat(outs), seconds, ratio_sum / n, full - macs_saved / n, lazy_map)
+
+    def _sample_dydit(self, steps, cfg, model, **forward):
+        from ..models.dydit import summarize
+        calls, outs, t0 = [], [], time.perf_counter()
+
+        def net(x, t, y):
+            return model(x, t, y, stats=calls, **forward)
+        for i in range(0, len(self.labels), self.batch):
+            noise, y = self.noise[i:i + self.batch], self.labels[i:i + self.batch]
+            outs.append(latents_to_grey(self.diffusion.ddim_sample(net, noise, y, steps, cfg, null_label=10)))
+        seconds = time.perf_counter() - t0
+        if forward.get("route") == "dense":
+            macs = self.full_macs(steps, cfg)
+        else:
+            macs = summarize(model.config, calls)["macs"] / len(self.labels)
+        return Sampled(torch.cat(outs), seconds, 0.0, macs)
 
     def full_macs(self, steps, cfg):
         """Attention + MLP MACs per image of an exact run (both CFG rows)."""
