@@ -37,3 +37,12 @@ def answer(check, *args):
     except ValueError as err:
         return str(err)
     return True
+
+
+def check_range(start_percent, end_percent):
+    """The part of sampling a cache may work in: 0 <= start <= end <= 1 (None, a link, passes)."""
+    check_number("start_percent", start_percent, 0.0, 1.0, "where in the schedule caching may begin")
+    check_number("end_percent", end_percent, 0.0, 1.0, "where in the schedule caching must stop")
+    if start_percent is not None and end_percent is not None and start_percent > end_percent:
+        raise ValueError(f"start_percent {start_percent} is after end_percent {end_percent}: set start_percent "
+                         f"at or before end_percent (0 = the first step, 1 = the last)")

@@ -25,7 +25,7 @@ class ClassLabel(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LazyDiT_ClassLabel",
-            display_name="DiT Class Label",
+            display_name="LazyDiT DiT Class Label",
             category=CATEGORY,
             description="The class(es) a DiT should draw, for the positive input. Several labels ('0-9' or "
                         "'1, 207, 360') give one image per label: set the latent batch size to their count. "
@@ -48,7 +48,7 @@ class NullLabel(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LazyDiT_NullLabel",
-            display_name="DiT Null Label",
+            display_name="LazyDiT DiT Null Label",
             category=CATEGORY,
             description="The 'no class' label DiT was trained with for classifier-free guidance: connect it to "
                         "the negative input.",

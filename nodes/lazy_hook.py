@@ -7,12 +7,14 @@ and swaps the module proxies into the diffusion model's blocks for exactly that 
 
 import functools
 import logging
+import math
 
 import comfy.patcher_extension
 import torch
 from comfy.ldm.pixart.pixartms import PixArtMSBlock
 
 from ..lazy_core.engine.cache import CacheOptions, RunState
+from ..lazy_core.engine.policies import StepRange
 from ..lazy_core.engine.proxies import describe, register_block
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,53 @@ def install(model, session):
     return m
 
 
+def uninstall(model):
+    """A clone of `model` without its LazyDiT patch (the exact model), or `model` itself if it has none."""
+    if session_of(model) is None:
+        return model
+    m = model.clone()
+    for kind in (WRAPPERS.OUTER_SAMPLE, WRAPPERS.APPLY_MODEL):
+        m.remove_wrappers_with_key(kind, KEY)
+    m.remove_attachments(KEY)
+    m.remove_additional_models("lazydit_gates")
+    return m
+
+
 def session_of(model):
     """The LazySession a MODEL was patched with, or None."""
     return model.get_attachment(KEY) if hasattr(model, "get_attachment") else None
+
+
+def percent_to_timestep(model, percent):
+    """Diffusion timestep (0..999) at a fraction of the sampling schedule (0 = start, 1 = end), counted as
+    ComfyUI's own nodes count it (model_sampling.percent_to_sigma)."""
+    ms = model.get_model_object("model_sampling")
+    sigma = ms.percent_to_sigma(percent)
+    if sigma <= 0:
+        return -1.0                       # past the last step
+    return float(ms.timestep(torch.tensor([sigma])).float()[0])
+
+
+def step_range(model, start_percent, end_percent):
+    """(low, high) timesteps between two fractions of the schedule, or None for the whole run. The ends are
+    open (0 and 1 take in every step whatever the float rounding of the first and last sigma)."""
+    if start_percent <= 0 and end_percent >= 1:
+        return None
+    high = percent_to_timestep(model, start_percent) if start_percent > 0 else math.inf
+    low = percent_to_timestep(model, end_percent) if end_percent < 1 else -math.inf
+    return low, high
+
+
+def _ranged(make_policy, low, high):
+    return StepRange(make_policy(), low, high)
+
+
+def in_range(make_policy, bounds):
+    """A policy factory that applies make_policy's policy only within `bounds` (step_range)."""
+    return make_policy if bounds is None else functools.partial(_ranged, make_policy, *bounds)
+
+
+def range_title(start_percent, end_percent):
+    if start_percent <= 0 and end_percent >= 1:
+        return ""
+    return f", only {start_percent:.0%}-{end_percent:.0%} of the schedule"

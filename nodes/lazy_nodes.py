@@ -14,8 +14,8 @@ from ..lazy_core.engine.cache import REUSE, CacheOptions
 from ..lazy_core.engine.gates import GateBank
 from ..lazy_core.engine.policies import LearnedGates, NeverLazy
 from ..lazy_core.engine.proxies import describe
-from .checks import answer, check_choice, check_number
-from .lazy_hook import LazySession, install, session_of
+from .checks import answer, check_choice, check_number, check_range
+from .lazy_hook import LazySession, in_range, install, range_title, session_of, step_range
 from .lazy_report import render_heatmap
 
 log = logging.getLogger(__name__)
@@ -42,11 +42,45 @@ def check_laziness(laziness):
     check_number("laziness", laziness, 0.0, 1.0, "0 = exact, 1 = as lazy as the gates allow")
 
 
-def check_apply(laziness, cache_device, cache_dtype, reuse):
+def check_apply(laziness, cache_device, cache_dtype, reuse, start_percent=None, end_percent=None):
     check_laziness(laziness)
     check_choice("cache_device", cache_device, CACHE_DEVICES)
     check_choice("cache_dtype", cache_dtype, CACHE_DTYPES)
     check_choice("reuse", reuse, REUSE)
+    check_range(start_percent, end_percent)
+
+
+def range_inputs():
+    """The optional step range every cache node appends (so saved workflows keep loading)."""
+    return [io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
+                           tooltip="Fraction of the schedule before which everything computes (0 = from the "
+                                   "first step). Keeping the start exact protects the composition."),
+            io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
+                           tooltip="Fraction of the schedule after which everything computes again (1 = to the "
+                                   "last step). Keeping the end exact protects fine detail.")]
+
+
+def apply_gates(model, gates, laziness, options, start_percent=0.0, end_percent=1.0):
+    """`model` made lazy by `gates` at `laziness`, within the step range; returns (MODEL, expected text)."""
+    bank = gates.model
+    arch, depth, width = describe(model.model.diffusion_model)
+    bank.check_fits(arch, depth, width, name="the loaded gates")
+    if laziness <= 0:
+        make_policy, expected = NeverLazy, "laziness 0: exact, nothing lazy"
+    else:
+        threshold = bank.threshold_for(laziness)
+        make_policy = functools.partial(LearnedGates, bank, threshold)
+        ratio = bank.expected_ratio(threshold)
+        expected = (f"laziness {laziness:.2f}: expect about {ratio:.0%} of modules lazy"
+                    if ratio is not None else f"laziness {laziness:.2f}: no calibration table in these gates")
+        where = range_title(start_percent, end_percent)
+        if where:
+            expected += f" within the range{where}"
+    make_policy = in_range(make_policy, step_range(model, start_percent, end_percent))
+    title = f"LazyDiT gates, laziness {laziness:.2f}{range_title(start_percent, end_percent)}"
+    patched = install(model, LazySession(make_policy, options, title))
+    patched.set_additional_models("lazydit_gates", [gates])
+    return patched, expected
 
 
 class LoadLazyGates(io.ComfyNode):
@@ -54,7 +88,7 @@ class LoadLazyGates(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LazyDiT_LoadGates",
-            display_name="Load Lazy Gates",
+            display_name="LazyDiT Load Lazy Gates",
             category=CATEGORY,
             description="Loads trained LazyDiT gates (.safetensors from models/lazy_gates). The gates decide, per "
                         "image, block, module and step, whether attention or MLP may reuse its last output.",
@@ -85,7 +119,7 @@ class Laziness(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LazyDiT_Laziness",
-            display_name="Laziness",
+            display_name="LazyDiT Laziness",
             category=CATEGORY,
             description="One laziness value to drive several Apply Lazy Gates nodes. 0 = exact (never lazy); "
                         "1 = as lazy as the gates allow; in between the lazy share grows evenly.",
@@ -111,7 +145,7 @@ class ApplyLazyGates(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LazyDiT_ApplyGates",
-            display_name="Apply Lazy Gates",
+            display_name="LazyDiT Apply Lazy Gates",
             category=CATEGORY,
             description="Makes a DiT or PixArt model lazy: at each step, each image's attention and MLP modules "
                         "whose gate allows it reuse their output from the previous step instead of computing. "
@@ -139,6 +173,7 @@ class ApplyLazyGates(io.ComfyNode):
                                        "line through its last two outputs to this step (much closer to the "
                                        "exact image, twice the cache memory); repeat = its last output, as "
                                        "in the LazyDiT paper."),
+                *range_inputs(),
             ],
             outputs=[io.Model.Output(display_name="model"),
                      io.String.Output(display_name="expected", tooltip="Expected lazy ratio from the gates' "
@@ -146,28 +181,17 @@ class ApplyLazyGates(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, laziness=None, cache_device=None, cache_dtype=None, reuse=None):
-        return answer(check_apply, laziness, cache_device, cache_dtype, reuse)
+    def validate_inputs(cls, laziness=None, cache_device=None, cache_dtype=None, reuse=None, start_percent=None,
+                        end_percent=None):
+        return answer(check_apply, laziness, cache_device, cache_dtype, reuse, start_percent, end_percent)
 
     @classmethod
-    def execute(cls, model, gates, laziness, max_lazy_steps, cache_device, cache_dtype, reuse="extrapolate"):
-        check_apply(laziness, cache_device, cache_dtype, reuse)
-        bank = gates.model
-        arch, depth, width = describe(model.model.diffusion_model)
-        bank.check_fits(arch, depth, width, name="the loaded gates")
+    def execute(cls, model, gates, laziness, max_lazy_steps, cache_device, cache_dtype, reuse="extrapolate",
+                start_percent=0.0, end_percent=1.0):
+        check_apply(laziness, cache_device, cache_dtype, reuse, start_percent, end_percent)
         options = CacheOptions(max_lazy_steps=max_lazy_steps, dtype=CACHE_DTYPES[cache_dtype],
                                device=None if cache_device == "auto" else torch.device(cache_device), reuse=reuse)
-        if laziness <= 0:
-            make_policy, expected = NeverLazy, "laziness 0: exact, nothing lazy"
-        else:
-            threshold = bank.threshold_for(laziness)
-            make_policy = functools.partial(LearnedGates, bank, threshold)
-            ratio = bank.expected_ratio(threshold)
-            expected = (f"laziness {laziness:.2f}: expect about {ratio:.0%} of modules lazy"
-                        if ratio is not None else f"laziness {laziness:.2f}: no calibration table in these gates")
-        patched = install(model, LazySession(make_policy, options, f"LazyDiT gates, laziness {laziness:.2f}"))
-        patched.set_additional_models("lazydit_gates", [gates])
-        return io.NodeOutput(patched, expected)
+        return io.NodeOutput(*apply_gates(model, gates, laziness, options, start_percent, end_percent))
 
 
 class LazyReport(io.ComfyNode):
@@ -175,7 +199,7 @@ class LazyReport(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LazyDiT_Report",
-            display_name="Lazy Report",
+            display_name="LazyDiT Lazy Report",
             category=CATEGORY,
             description="What the last sampling run of a lazy model did: lazy ratio per stream (positive / "
                         "negative prompt), block, module and step, modules skipped and MACs saved, as a heat-map "

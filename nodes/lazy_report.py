@@ -71,3 +71,39 @@ def render_widths(report):
     width = max(p.shape[1] for p in panels)
     panels = [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=245) for p in panels]
     return torch.from_numpy(np.concatenate(panels, axis=0)).float().div(255).unsqueeze(0)
+
+
+def _font(size):
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):                     # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def render_grid(columns, labels, cell=256):
+    """Laziness Sweep's grid: a column per run (its labels on top), a row per image. columns: [(B, H, W, C)
+    float in 0..1]; labels: per column, a few lines of text. Small images are enlarged (nearest, so pixels
+    stay sharp) and large ones reduced, to `cell` px wide. Returns (1, H', W', 3) float."""
+    font = _font(14)
+    n, h, w = columns[0].shape[:3]
+    size = (cell, max(1, round(h * cell / w)))
+    resample = Image.NEAREST if w < cell else Image.LANCZOS
+    line, gap = 18, 8
+    top = line * max(len(lines) for lines in labels) + 2 * gap
+    grid = Image.new("RGB", (len(columns) * (size[0] + gap) + gap, top + n * (size[1] + gap)), (245, 245, 245))
+    d = ImageDraw.Draw(grid)
+    for c, (images, lines) in enumerate(zip(columns, labels)):
+        x = gap + c * (size[0] + gap)
+        for i, text in enumerate(lines):
+            d.text((x, gap + i * line), text, fill=(0, 0, 0) if i == 0 else (70, 70, 70), font=font)
+        rgb = images[..., :3].expand(*images.shape[:3], 3) if images.shape[-1] == 1 else images[..., :3]
+        for r, image in enumerate((rgb.clamp(0, 1) * 255).round().byte().numpy()):
+            grid.paste(Image.fromarray(image).resize(size, resample), (x, top + r * (size[1] + gap)))
+    return torch.from_numpy(np.asarray(grid).copy()).float().div(255).unsqueeze(0)
+
+
+def render_difference(a, b, full_scale=0.25):
+    """Per-pixel |a - b| (mean over channels) as a heat-map the size of the images: dark = equal, bright =
+    a difference of `full_scale` of the range or more. a, b: (N, H, W, C) float. Returns (N, H, W, 3)."""
+    diff = (a[..., :3] - b[..., :3]).abs().mean(-1).div(full_scale).clamp(0, 1).numpy()       # (N, H, W)
+    return torch.from_numpy(_colour(diff)).float().div(255)

@@ -46,7 +46,7 @@ class LoadDiT(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LazyDiT_DiTLoader",
-            display_name="Load DiT Checkpoint",
+            display_name="LazyDiT Load DiT Checkpoint",
             category=CATEGORY,
             description="Loads a class-conditional DiT (facebookresearch/DiT layout: DiT-XL/2 256 or 512, any "
                         "size) from models/checkpoints or models/diffusion_models, or the built-in Fashion-MNIST "
@@ -108,7 +108,7 @@ class LoadDemoVAE(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LazyDiT_DemoVAELoader",
-            display_name="Load Demo VAE (pixel)",
+            display_name="LazyDiT Load Demo VAE (pixel)",
             category=CATEGORY,
             description="The demo model's VAE: a fixed, exactly invertible map between a 32x32 grey image (shown "
                         "at 128x128) and the 4-channel latent. Use with core VAE Decode / VAE Encode.",

@@ -25,7 +25,7 @@ class DiTSchedule(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LazyDiT_DiTSchedule",
-            display_name="DiT Schedule",
+            display_name="LazyDiT DiT Schedule",
             category=CATEGORY,
             description="The timesteps facebookresearch/DiT samples at (its respace.py) as SIGMAS for "
                         "SamplerCustom. With the euler or ddim sampler this is DiT's DDIM; ComfyUI's "

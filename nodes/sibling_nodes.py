@@ -2,29 +2,25 @@
 
 import functools
 
-import torch
 from comfy_api.latest import io
 
 from ..lazy_core.engine.cache import REUSE, CacheOptions
 from ..lazy_core.engine.policies import DeltaDiT, Fora
 from ..lazy_core.engine.proxies import describe
-from .checks import answer, check_choice, check_number
-from .lazy_hook import LazySession, install
-from .lazy_nodes import CATEGORY
+from .checks import answer, check_choice, check_number, check_range
+from .lazy_hook import LazySession, in_range, install, percent_to_timestep, range_title, step_range
+from .lazy_nodes import CATEGORY, range_inputs
 
 
-def percent_to_timestep(model, percent):
-    """Diffusion timestep (0..999) at a fraction of the sampling schedule (0 = start, 1 = end)."""
-    ms = model.get_model_object("model_sampling")
-    sigma = ms.percent_to_sigma(percent)
-    if sigma <= 0:
-        return -1.0                       # boundary after the last step: the whole run is the early stage
-    return float(ms.timestep(torch.tensor([sigma])).float()[0])
-
-
-def check_delta(cached_share, boundary_percent):
+def check_delta(cached_share, boundary_percent, start_percent=None, end_percent=None):
     check_number("cached_share", cached_share, 0.05, 1.0, "the share of blocks whose work is reused")
     check_number("boundary_percent", boundary_percent, 0.0, 1.0, "where in the schedule caching moves to the front")
+    check_range(start_percent, end_percent)
+
+
+def check_fora(reuse, start_percent=None, end_percent=None):
+    check_choice("reuse", reuse, REUSE)
+    check_range(start_percent, end_percent)
 
 
 class DeltaDiTNode(io.ComfyNode):
@@ -32,7 +28,7 @@ class DeltaDiTNode(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LazyDiT_DeltaDiT",
-            display_name="Δ-DiT Cache",
+            display_name="LazyDiT Δ-DiT Cache",
             category=CATEGORY,
             description="Training-free Δ-DiT: reuses the change (output minus input) of a range of blocks. Early "
                         "in sampling (outline) the rear blocks are cached, later (details) the front blocks. "
@@ -49,22 +45,25 @@ class DeltaDiTNode(io.ComfyNode):
                                        "blocks (outline stage) to the front blocks (detail stage)."),
                 io.Int.Input("interval", default=2, min=1, max=10,
                              tooltip="A full step every N steps; 1 = never reuse (exact)."),
+                *range_inputs(),
             ],
             outputs=[io.Model.Output(display_name="model")],
         )
 
     @classmethod
-    def validate_inputs(cls, cached_share=None, boundary_percent=None):
-        return answer(check_delta, cached_share, boundary_percent)
+    def validate_inputs(cls, cached_share=None, boundary_percent=None, start_percent=None, end_percent=None):
+        return answer(check_delta, cached_share, boundary_percent, start_percent, end_percent)
 
     @classmethod
-    def execute(cls, model, cached_share, boundary_percent, interval):
-        check_delta(cached_share, boundary_percent)
+    def execute(cls, model, cached_share, boundary_percent, interval, start_percent=0.0, end_percent=1.0):
+        check_delta(cached_share, boundary_percent, start_percent, end_percent)
         _, depth, _ = describe(model.model.diffusion_model)
         blocks = max(1, min(depth, round(cached_share * depth)))
         boundary = percent_to_timestep(model, boundary_percent)
-        make_policy = functools.partial(DeltaDiT, depth, blocks, boundary, interval)
-        title = f"Δ-DiT, {blocks}/{depth} blocks, boundary {boundary_percent:.0%}, interval {interval}"
+        make_policy = in_range(functools.partial(DeltaDiT, depth, blocks, boundary, interval),
+                               step_range(model, start_percent, end_percent))
+        title = (f"Δ-DiT, {blocks}/{depth} blocks, boundary {boundary_percent:.0%}, interval {interval}"
+                 f"{range_title(start_percent, end_percent)}")
         return io.NodeOutput(install(model, LazySession(make_policy, CacheOptions(), title)))
 
 
@@ -73,7 +72,7 @@ class ForaNode(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LazyDiT_FORA",
-            display_name="FORA Cache",
+            display_name="LazyDiT FORA Cache",
             category=CATEGORY,
             description="Training-free FORA: every block's attention and MLP compute on every N-th step and reuse "
                         "their last output (with the current step's modulation) in between.",
@@ -84,20 +83,23 @@ class ForaNode(io.ComfyNode):
                 io.Combo.Input("reuse", options=list(REUSE), default="repeat", optional=True,
                                tooltip="repeat = FORA as published; extrapolate = continue the line through "
                                        "the last two computed outputs (closer to exact, twice the memory)."),
+                *range_inputs(),
             ],
             outputs=[io.Model.Output(display_name="model")],
         )
 
     @classmethod
-    def validate_inputs(cls, reuse=None):
-        return answer(check_choice, "reuse", reuse, REUSE)
+    def validate_inputs(cls, reuse=None, start_percent=None, end_percent=None):
+        return answer(check_fora, reuse, start_percent, end_percent)
 
     @classmethod
-    def execute(cls, model, interval, reuse="repeat"):
-        check_choice("reuse", reuse, REUSE)
+    def execute(cls, model, interval, reuse="repeat", start_percent=0.0, end_percent=1.0):
+        check_fora(reuse, start_percent, end_percent)
         describe(model.model.diffusion_model)
         options = CacheOptions(max_lazy_steps=max(1, interval - 1), reuse=reuse)
-        session = LazySession(functools.partial(Fora, interval), options, f"FORA, interval {interval}, {reuse}")
+        make_policy = in_range(functools.partial(Fora, interval), step_range(model, start_percent, end_percent))
+        title = f"FORA, interval {interval}, {reuse}{range_title(start_percent, end_percent)}"
+        session = LazySession(make_policy, options, title)
         return io.NodeOutput(install(model, session))
 
 

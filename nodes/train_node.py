@@ -65,7 +65,7 @@ class TrainLazyGates(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LazyDiT_TrainGates",
-            display_name="Train Lazy Gates",
+            display_name="LazyDiT Train Lazy Gates",
             category=CATEGORY,
             description="Trains lazy gates for the connected model without any data set: the model samples its "
                         "own trajectories (with guidance) from class labels (DiT) or from the prompts in "

@@ -415,3 +415,63 @@ def test_a_prompt_joining_and_leaving_mid_run(pixart, patch):
         assert s["lazy"][0].sum() == 0, "a stream's first evaluation computes"
     full = [s for s in streams if s["lazy"].shape[0] == 10]
     assert all(s["lazy"][6:].sum() > 0 for s in full), "lazy after the layout changed"
+
+
+def ranged(name, model, start, end):
+    """The node for `name` (gates / delta-dit / fora) with a start/end percent."""
+    from lazydit.nodes.lazy_nodes import ApplyLazyGates
+    from lazydit.nodes.sibling_nodes import DeltaDiTNode, ForaNode
+
+    if name == "gates":
+        return ApplyLazyGates.execute(model, gates_for("pixart", 3, 64), 1.0, 1, "auto", "auto", "repeat",
+                                      start, end).args[0]
+    if name == "delta-dit":
+        return DeltaDiTNode.execute(model, 0.67, 0.5, 2, start, end).args[0]
+    return ForaNode.execute(model, 2, "repeat", start, end).args[0]
+
+
+def denoised_per_step(model, steps=8):
+    """Every step's x0 prediction, through core's comfy.sample.sample (what KSampler calls)."""
+    import comfy.sample
+
+    seen = []
+    latent = torch.zeros(1, 4, SIDE, SIDE)
+    noise = comfy.sample.prepare_noise(latent, 0)
+    out = comfy.sample.sample(model, noise, steps, 4.0, "euler", "normal", POS, NEG, latent,
+                              callback=lambda step, x0, x, total: seen.append(x0.clone()), disable_pbar=True, seed=0)
+    return out, seen
+
+
+@pytest.mark.parametrize("name", ["gates", "delta-dit", "fora"])
+def test_step_range_keeps_the_rest_exact(pixart, name):
+    """start/end percent 0.4-0.8 on Apply Lazy Gates, Δ-DiT and FORA: no module is lazy at a step outside the
+    range and some are inside; every step before the range is bit-identical to the unpatched model's; a range
+    past the last step (1-1) is the unpatched run."""
+    from lazydit.nodes.lazy_hook import step_range
+
+    ref, ref_steps = denoised_per_step(pixart)
+    patched = ranged(name, pixart, 0.4, 0.8)
+    out, steps = denoised_per_step(patched)
+    low, high = step_range(pixart, 0.4, 0.8)
+    s = report(patched)["streams"][0]
+    lazy = s["lazy"].sum(dim=(1, 2)).tolist()
+    inside = [low <= t <= high for t in s["timesteps"]]
+    assert any(inside) and not all(inside), s["timesteps"]
+    assert all(n == 0 for n, i in zip(lazy, inside) if not i), (s["timesteps"], lazy)
+    assert sum(n for n, i in zip(lazy, inside) if i) > 0, lazy
+    first = inside.index(True)
+    assert all(torch.equal(a, b) for a, b in zip(steps[:first], ref_steps[:first])) and first > 0
+    assert not torch.equal(out, ref)
+    out, _ = denoised_per_step(ranged(name, pixart, 1.0, 1.0))
+    assert torch.equal(out, ref)
+
+
+def test_step_range_refuses_start_after_end(comfy):
+    """start_percent after end_percent is refused at queue time with a message naming both and the fix."""
+    from lazydit.nodes.sibling_nodes import ForaNode
+
+    assert "start_percent 0.7 is after end_percent 0.2" in ForaNode.validate_inputs(reuse="repeat",
+                                                                                  start_percent=0.7,
+                                                                                  end_percent=0.2)
+    with pytest.raises(ValueError, match="set start_percent at or before end_percent"):
+        ForaNode.execute(None, 2, "repeat", 0.7, 0.2)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from lazydit.lazy_core.engine.cache import CacheOptions, RunState
 from lazydit.lazy_core.engine.gates import GateBank, GateFileError, GateInfo, from_reference
-from lazydit.lazy_core.engine.policies import DeltaDiT, Fora, ForcedRatio, LearnedGates, NeverLazy, Policy
+from lazydit.lazy_core.engine.policies import DeltaDiT, Fora, ForcedRatio, LearnedGates, NeverLazy, Policy, StepRange
 from lazydit.lazy_core.engine.proxies import BlockProxy, ModuleProxy, attach, module_macs
 from lazydit.lazy_core.engine.run import LazyRun
 from lazydit.lazy_core.models.diffusion import GaussianDiffusion, space_timesteps
@@ -360,3 +360,39 @@ def test_a_stream_that_ran_alone_brings_its_newest_cache_back():
         handle.detach()
     # The same three calls for B alone: its lazy third call reads the cache of its second.
     torch.testing.assert_close(lazy[1:], expect_b, atol=1e-6, rtol=0)
+
+
+class Recorder:
+    """A model callable that keeps every call's (timestep, output)."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, []
+
+    def __call__(self, x, t, y):
+        out = self.fn(x, t, y)
+        self.calls.append((float(t.reshape(-1)[0]), out.clone()))
+        return out
+
+
+@pytest.mark.parametrize("inner", [lambda: Fora(2), lambda: DeltaDiT(3, 2, 500, 2),
+                                   lambda: LearnedGates(random_gates(), 0.5)], ids=["fora", "delta-dit", "gates"])
+def test_step_range_computes_outside_and_is_bit_identical_before_it(inner):
+    """StepRange over timesteps [300, 700]: every call before the range returns exactly the exact model's
+    output, no module is lazy outside the range and some are inside; an empty range is the exact run."""
+    model = tiny_dit()
+    exact = Recorder(model)
+    ref = sample(exact, Y)
+    with LazyRun(model, StepRange(inner(), 300, 700)) as run:
+        ranged = Recorder(run)
+        out = sample(ranged, Y)
+    assert not torch.equal(out, ref)
+    timesteps = run.report["streams"][0]["timesteps"]
+    lazy = run.report["streams"][0]["lazy"].sum(dim=(1, 2))                       # per evaluation
+    inside = [300 <= t <= 700 for t in timesteps]
+    assert all(n == 0 for n, i in zip(lazy.tolist(), inside) if not i), (timesteps, lazy)
+    assert sum(n for n, i in zip(lazy.tolist(), inside) if i) > 0
+    before = [k for k, (t, _) in enumerate(exact.calls) if t > 700]
+    assert before and all(torch.equal(exact.calls[k][1], ranged.calls[k][1]) for k in before)
+    with LazyRun(model, StepRange(inner(), 2000, 3000)) as run:
+        assert torch.equal(sample(run, Y), ref)
+    assert run.report["ratio"] == 0.0

@@ -135,6 +135,7 @@ class Call:
         self.gate_bucket = None             # learned gates: (1,) device index of the bucket, of the plan step
         self.gate_step = None
         self.step_mask = None               # a per-step policy's decision for this call's rows
+        self.outside = False                # outside a StepRange policy's range: everything computes
         self._index = {}                    # (rows to compute, device) -> (index tensor, mask tensor)
         self._memo = {}                     # per-call results shared by modules with the same history
         state.policy.prepare(self)

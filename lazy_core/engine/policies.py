@@ -258,3 +258,31 @@ class DeltaDiT(Policy):
             last_span, since = self._since.get(s, (None, 0))
             self._since[s] = (span, since + 1 if lazy else 0)
         call.range_plan = (*span, lazy)
+
+
+class StepRange(Policy):
+    """Another policy, only while the call's timestep lies in [low, high]; outside, everything computes.
+
+    Keeping the first and last part of sampling exact (start/end percent, as the core caches offer): the
+    outline forms early and fine detail late. Outside the range the blocks run exactly as without the
+    policy, so every output before the range is bit-identical to the exact run's. Costs one host read per
+    call (the timestep), unless the policy already made it. A run's schedule reaches the inner policy
+    restricted to the range, so a planning policy (log-cost gates) spends its laziness there."""
+
+    def __init__(self, inner: Policy, low: float, high: float):
+        self.inner, self.low, self.high = inner, float(low), float(high)
+        self.name, self.lazy_possible, self.ranges = inner.name, inner.lazy_possible, inner.ranges
+
+    def inside(self, t):
+        return self.low <= t <= self.high
+
+    def plan(self, timesteps):
+        self.inner.plan([t for t in timesteps if self.inside(t)])
+
+    def prepare(self, call):
+        call.outside = not self.inside(call.timestep)
+        if not call.outside:
+            self.inner.prepare(call)
+
+    def compute_mask(self, call, block, module, z):
+        return None if call.outside else self.inner.compute_mask(call, block, module, z)
