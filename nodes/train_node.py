@@ -20,6 +20,7 @@ from ..lazy_core.training.denoisers import ContextDenoiser, LabelDenoiser
 from ..lazy_core.training.sensitivity import measure, schedule_bank
 from ..lazy_core.training.train_gates import parser, train
 from .checks import answer, check_choice, check_number
+from .files import check_prefix, create_new
 from .lazy_nodes import CATEGORY, GATES
 
 log = logging.getLogger(__name__)
@@ -29,14 +30,16 @@ SCHEDULE_STEPS = 20                       # trajectories measured at DDIM 20; th
 SCHEDULE_CALIBRATION = (10, 20, 30, 50)
 
 
-def check_training(step_counts, laziness_pressure, objective):
+def check_training(step_counts, laziness_pressure, objective, filename_prefix=None):
+    check_prefix(filename_prefix)
     if step_counts is not None:
         parse_step_counts(step_counts)
     check_number("laziness_pressure", laziness_pressure, 0.0, 0.1, "the paper's range is 1e-7 .. 1e-2")
     check_choice("objective", objective, OBJECTIVES)
 
 
-def check_cfg(cfg):
+def check_schedule(cfg, filename_prefix=None):
+    check_prefix(filename_prefix)
     check_number("cfg", cfg, 1.0, 20.0, "the guidance scale you sample with")
 
 
@@ -104,13 +107,13 @@ class TrainLazyGates(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, step_counts=None, laziness_pressure=None, objective=None):
-        return answer(check_training, step_counts, laziness_pressure, objective)
+    def validate_inputs(cls, step_counts=None, laziness_pressure=None, objective=None, filename_prefix=None):
+        return answer(check_training, step_counts, laziness_pressure, objective, filename_prefix)
 
     @classmethod
     def execute(cls, model, labels, iterations, batch, laziness_pressure, step_counts, seed, filename_prefix,
                 positive=None, negative=None, latent=None, objective="sensitivity"):
-        check_training(step_counts, laziness_pressure, objective)
+        check_training(step_counts, laziness_pressure, objective, filename_prefix)
         counts = parse_step_counts(step_counts)
         mm.load_models_gpu([model])                # first: the denoiser works where the model now is
         denoiser = make_denoiser(model, labels, positive, negative, latent)
@@ -131,7 +134,7 @@ class TrainLazyGates(io.ComfyNode):
             done = f"loss {losses[0]:.5f} -> {losses[-1]:.5f} over {iterations} iterations"
         else:
             done = f"{batch} trajectories measured, held-out R² {gates.info.recipe['r2_holdout_mean']:.3f}"
-        text = f"saved {os.path.basename(path)}; {done}; {calibration_text(gates)}"
+        text = f"saved {shown(path)}; {done}; {calibration_text(gates)}"
         log.info(text)
         return io.NodeOutput(as_patcher(gates), text)
 
@@ -148,12 +151,13 @@ def finish(gates, denoiser, counts, prefix):
     with torch.no_grad():
         gates.info.calibration, per_steps = calibrate(denoiser, gates, step_counts=counts)
     gates.info.recipe["calibration_per_steps"] = per_steps
-    out_dir = folder_paths.get_folder_paths("lazy_gates")[0]
-    os.makedirs(out_dir, exist_ok=True)
-    n = len([f for f in os.listdir(out_dir) if f.startswith(prefix)])
-    path = os.path.join(out_dir, f"{prefix}_{n:05d}.safetensors")
-    gates.save(path)
-    return path
+    return create_new(folder_paths.get_folder_paths("lazy_gates")[0], prefix, gates.to_bytes())
+
+
+def shown(path):
+    """The saved file as the user finds it: relative to ComfyUI's base folder when it lies there."""
+    base = os.path.realpath(folder_paths.base_path)
+    return os.path.relpath(path, base) if os.path.commonpath([base, path]) == base else path
 
 
 def as_patcher(gates):
@@ -194,13 +198,13 @@ class SensitivitySchedule(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, cfg=None):
-        return answer(check_cfg, cfg)
+    def validate_inputs(cls, cfg=None, filename_prefix=None):
+        return answer(check_schedule, cfg, filename_prefix)
 
     @classmethod
     def execute(cls, model, labels, images, cfg, seed, filename_prefix, positive=None, negative=None,
                 latent=None):
-        check_cfg(cfg)
+        check_schedule(cfg, filename_prefix)
         mm.load_models_gpu([model])
         denoiser = make_denoiser(model, labels, positive, negative, latent)
         pbar = comfy.utils.ProgressBar(1)
@@ -210,7 +214,7 @@ class SensitivitySchedule(io.ComfyNode):
                                                        "cfg_scale": cfg, "seed": seed})
         gates.info.recipe["measure_seconds"] = round(costs.seconds, 1)
         path = finish(gates, denoiser, SCHEDULE_CALIBRATION, filename_prefix)
-        text = (f"saved {os.path.basename(path)}; measured {images} trajectories in {costs.seconds:.0f} s; "
+        text = (f"saved {shown(path)}; measured {images} trajectories in {costs.seconds:.0f} s; "
                 f"{calibration_text(gates)}")
         log.info(text)
         return io.NodeOutput(as_patcher(gates), text)

@@ -136,7 +136,8 @@ def test_train_gates_node_saves_calibrated_gates(comfy, small_ckpt):
     gates, text = TrainLazyGates.execute(model, "1, 207, 360", 12, 4, 1e-3, "6,9", 0, "dit_gates",
                                          objective="local (paper)").args
     name = text.split()[1].rstrip(";")
-    saved = GateBank.load(os.path.join(comfy.base, "models", "lazy_gates", name))
+    assert name.startswith(os.path.join("models", "lazy_gates", "dit_gates_")), text
+    saved = GateBank.load(os.path.join(comfy.base, name))
     saved.check_fits("dit", SMALL.depth, SMALL.hidden_size)
     assert torch.equal(saved.weight, gates.model.weight) and saved.weight.abs().sum() > 0
     assert sorted(int(n) for n in saved.info.recipe["calibration_per_steps"]) == [6, 9]
@@ -161,7 +162,7 @@ def test_sensitivity_objective_and_schedule_nodes(comfy, small_ckpt):
     learned, text = TrainLazyGates.execute(model, "1, 207", 12, 6, 1e-3, "10", 0, "dit_sens").args
     assert "trajectories measured" in text and "laziness -> lazy share" in text
     schedule, info = SensitivitySchedule.execute(model, "1, 207", 4, 4.0, 0, "dit_schedule").args
-    assert info.startswith("saved dit_schedule_00000.safetensors")
+    assert info.startswith(f"saved {os.path.join('models', 'lazy_gates', 'dit_schedule_00000.safetensors')};")
     saved = GateBank.load(os.path.join(comfy.base, "models", "lazy_gates", "dit_schedule_00000.safetensors"))
     assert saved.info.score == "log-cost" and saved.static and saved.info.granularity == "step"
     assert torch.equal(saved.prior, schedule.model.prior)

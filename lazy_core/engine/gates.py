@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open, save, save_file
 
 from ..models.diffusion import space_timesteps
 
@@ -223,11 +223,16 @@ class GateBank(nn.Module):
                 break
         return float(min(max(best, 0.0), 1.0)) if self.info.score == "probability" else float(best)
 
+    def _tensors(self):
+        return {"weight": self.weight.detach().float().contiguous(), "bias": self.bias.detach().float().contiguous(),
+                "prior": self.prior.float().contiguous(), "trained": self.trained.to(torch.uint8).contiguous()}
+
     def save(self, path):
-        save_file({"weight": self.weight.detach().float().contiguous(),
-                   "bias": self.bias.detach().float().contiguous(),
-                   "prior": self.prior.float().contiguous(),
-                   "trained": self.trained.to(torch.uint8).contiguous()}, path, metadata=self.info.to_metadata())
+        save_file(self._tensors(), path, metadata=self.info.to_metadata())
+
+    def to_bytes(self):
+        """The gate file's content, for a caller that creates the file itself (never overwriting one)."""
+        return save(self._tensors(), metadata=self.info.to_metadata())
 
     @classmethod
     def load(cls, path, name=None):
