@@ -19,33 +19,46 @@ from dataclasses import dataclass
 
 import torch
 
+from . import forecast
 from .gates import MODULES
 from .policies import Policy
 from .proxies import Attachment, module_macs
 from .report import summarize
 
-REUSE = ("extrapolate", "repeat")
+REUSE = forecast.FORECASTS
+MAX_ORDER = 3
 NO_CACHE = 1 << 30          # a row's lazy run before its first computed output: larger than any limit
 
 
 @dataclass(frozen=True)
 class CacheOptions:
     """How lazy outputs are kept and reused. dtype/device None = as computed. Memory: 2 x depth x rows x T x
-    D for "repeat", twice that for "extrapolate" (the two last computed outputs).
+    D x K, K = the outputs the forecaster keeps (1 for "repeat", order + 1 otherwise).
 
     reuse "repeat": a lazy module returns its last computed output (the paper's LazyDiT, FORA).
-    reuse "extrapolate": it returns the line through its last two computed outputs, evaluated at this
-    step's timestep, o1 + (t - t1) / (t1 - t2) * (o1 - o2): first order in the step instead of zeroth
-    (as in Taylor-expansion caches). With one computed output so far it repeats."""
+    reuse "extrapolate": the polynomial of `order` through its last order + 1 computed outputs, evaluated
+    at this step's timestep; order 1 is the line o1 + (t - t1) / (t1 - t2) * (o1 - o2).
+    reuse "taylor": TaylorSeer's finite-difference Taylor series of `order` (see forecast.py).
+    With fewer computed outputs so far, a row uses the ones it has."""
 
     max_lazy_steps: int = 1          # consecutive lazy steps per row; 1 = what the paper's training supports
     dtype: torch.dtype | None = None
     device: torch.device | str | None = None
     reuse: str = "repeat"
+    order: int = 1
 
     def __post_init__(self):
         if self.reuse not in REUSE:
             raise ValueError(f"reuse {self.reuse!r} is not one of {REUSE}")
+        if not 1 <= self.order <= MAX_ORDER:
+            raise ValueError(f"forecast order {self.order} is not in 1..{MAX_ORDER}")
+        if self.max_lazy_steps < 1:
+            raise ValueError(f"max_lazy_steps {self.max_lazy_steps} must be at least 1")
+
+    @property
+    def history(self):
+        """Computed outputs kept per row and module."""
+        return forecast.history(self.reuse, self.order)
 
 
 class StreamCache:
@@ -65,9 +78,10 @@ class StreamCache:
 class Slab:
     """The cache of one batch layout (its streams in call order): per gated module, tensors over all rows.
 
-    out/older: (rows, T, D) last and second-to-last computed output (older only to extrapolate); times:
-    (rows, 2) their timesteps (NaN: none yet); runs: per row, lazy evaluations since it last computed
-    (NO_CACHE before the first). ranges: block-range Δs (Δ-DiT), whole-call."""
+    out: (rows, T, D) last computed output; past: the ones before it, newest first (as many as the
+    forecaster keeps, less one); times: (rows, K) their timesteps, newest first (NaN: none yet); runs: per
+    row, lazy evaluations since it last computed (NO_CACHE before the first). ranges: block-range Δs
+    (Δ-DiT), whole-call."""
 
     def __init__(self, streams):
         self.streams = tuple(streams)
@@ -77,7 +91,7 @@ class Slab:
             self.offsets[s] = rows
             rows += s.rows
         self.rows = rows
-        self.out, self.older, self.times, self.runs, self.ranges = {}, {}, {}, {}, {}
+        self.out, self.past, self.times, self.runs, self.ranges = {}, {}, {}, {}, {}
 
     @classmethod
     def assemble(cls, streams):
@@ -85,33 +99,32 @@ class Slab:
         new = cls(streams)
         keys = {k for s in streams if s.slab is not None for k in s.slab.out}
         for key in keys:
-            outs, olders, times, runs = [], [], [], []
-            for s in streams:
-                old = s.slab
-                if old is not None and key in old.out:
-                    a = old.offsets[s]
-                    out = old.out[key][a:a + s.rows]
-                    outs.append(out)
-                    older = old.older.get(key)
-                    olders.append(out if older is None else older[a:a + s.rows])
-                    if key in old.times:
-                        times.append(old.times[key][a:a + s.rows])
-                    runs += old.runs[key][a:a + s.rows]
-                else:
-                    outs.append(None)
-                    olders.append(None)
-                    times.append(None)
-                    runs += [NO_CACHE] * s.rows
-            like = next(o for o in outs if o is not None)
-            fill = [torch.zeros((s.rows, *like.shape[1:]), dtype=like.dtype, device=like.device) for s in streams]
-            new.out[key] = torch.cat([o if o is not None else f for o, f in zip(outs, fill)])
-            if any(key in s.slab.older for s in streams if s.slab is not None and key in s.slab.out):
-                new.older[key] = torch.cat([o if o is not None else f for o, f in zip(olders, fill)])
-            if any(t is not None for t in times):
-                nan = torch.full((1, 2), float("nan"), device=like.device)
-                new.times[key] = torch.cat([t if t is not None else nan.expand(s.rows, 2)
-                                            for t, s in zip(times, streams)])
-            new.runs[key] = runs
+            held = [s.slab is not None and key in s.slab.out for s in streams]
+            like = next(s.slab.out[key] for s, h in zip(streams, held) if h)
+            depth = max(len(s.slab.past.get(key, ())) for s, h in zip(streams, held) if h)
+            width = max((s.slab.times[key].shape[1] for s, h in zip(streams, held) if h and key in s.slab.times),
+                        default=0)
+
+            def rows_of(s, h, j):
+                """Stream s's rows of output j (0 = newest); zeros where it has none (its times say NaN)."""
+                if h:
+                    tensors = [s.slab.out[key], *s.slab.past.get(key, ())]
+                    a = s.slab.offsets[s]
+                    return tensors[min(j, len(tensors) - 1)][a:a + s.rows]
+                return torch.zeros((s.rows, *like.shape[1:]), dtype=like.dtype, device=like.device)
+
+            new.out[key] = torch.cat([rows_of(s, h, 0) for s, h in zip(streams, held)])
+            if depth:
+                new.past[key] = [torch.cat([rows_of(s, h, j) for s, h in zip(streams, held)])
+                                 for j in range(1, depth + 1)]
+            if width:
+                nan = torch.full((1, width), float("nan"), device=like.device)
+                new.times[key] = torch.cat([s.slab.times[key][s.slab.offsets[s]:s.slab.offsets[s] + s.rows]
+                                            if h and key in s.slab.times else nan.expand(s.rows, width)
+                                            for s, h in zip(streams, held)])
+            new.runs[key] = [r for s, h in zip(streams, held)
+                             for r in (s.slab.runs[key][s.slab.offsets[s]:s.slab.offsets[s] + s.rows] if h
+                                       else [NO_CACHE] * s.rows)]
         for s in streams:
             s.slab = new
         return new
@@ -198,7 +211,7 @@ class Call:
             if wanted is not None:
                 if isinstance(wanted, torch.Tensor):
                     wanted = self.host(wanted) if wanted.device.type != "cpu" else wanted.tolist()
-                limit = self.state.options.max_lazy_steps
+                limit = self.state.limit
                 compute = [bool(w) or r >= limit for w, r in zip(wanted, runs)]
                 if all(compute):
                     compute = None
@@ -241,10 +254,11 @@ class Call:
     def _keep_all(self, key, fresh):
         slab = self.slab
         c = self._cache_form(fresh)
-        if self.state.options.reuse == "extrapolate":
+        k = self.state.options.history
+        if k > 1:
             last = slab.out.get(key)
             if last is not None:
-                slab.older[key] = last
+                slab.past[key] = [last, *slab.past.get(key, ())][:k - 1]
             slab.times[key] = self._times_after(slab.times.get(key), None, c.device)
         slab.out[key] = c
         slab.runs[key] = [0] * slab.rows
@@ -256,38 +270,46 @@ class Call:
         c = self._cache_form(fresh)
         last = slab.out[key]
         idx, _ = self._rows(compute, last.device)
-        if self.state.options.reuse == "extrapolate":
-            older = slab.older.get(key)
-            if older is None:
-                older = slab.older[key] = last.clone()
-            older.index_copy_(0, idx, last.index_select(0, idx))
+        k = self.state.options.history
+        if k > 1:
+            past = slab.past.setdefault(key, [])
+            while len(past) < k - 1:                   # rows that never had that output: weight 0 (times NaN)
+                past.append(last.clone())
+            for j in range(len(past) - 1, 0, -1):      # the computing rows' outputs move one place older
+                past[j].index_copy_(0, idx, past[j - 1].index_select(0, idx))
+            past[0].index_copy_(0, idx, last.index_select(0, idx))
             slab.times[key] = self._times_after(slab.times.get(key), compute, last.device)
         last.index_copy_(0, idx, c)
         return last
 
     def _times_after(self, times, compute, device):
-        """(rows, 2) timesteps of the two last outputs after the rows in `compute` (None: all) computed now.
+        """(rows, K) timesteps of the K last outputs after the rows in `compute` (None: all) computed now.
         Modules with the same history share one tensor, so each call computes it once."""
         k = ("times", id(times), None if compute is None else tuple(compute))
         hit = self._memo.get(k)
         if hit is None:
-            now = self._now(device).expand(self.rows)
-            prev = times[:, 0] if times is not None else torch.full_like(now, float("nan"))
-            new = torch.stack([now, prev], 1)
+            now = self._now(device).expand(self.rows)[:, None]
+            width = self.state.options.history
+            if times is None:
+                times = torch.full((self.rows, width), float("nan"), device=device)
+            new = torch.cat([now, times[:, :width - 1]], 1)
             if compute is not None:
                 new = torch.where(self._rows(compute, device)[1][:, None], new, times)
             hit = self._memo[k] = (times, new)          # keeps `times` alive so its id stays unique
         return hit[1]
 
     def _reuse(self, key, z):
-        """The lazy stand-in for every row of `key`: the last output, or the line through the last two."""
+        """The lazy stand-in for every row of `key`: the forecaster's weighted sum of its last outputs."""
         slab = self.slab
         last = slab.out[key]
-        older = slab.older.get(key)
-        if older is None or self.state.options.reuse == "repeat":
+        past = slab.past.get(key)
+        opts = self.state.options
+        if not past or opts.history == 1:
             out = last
+        elif opts.reuse == "extrapolate" and opts.order == 1:
+            out = torch.lerp(past[0], last, self._weight(slab.times[key], last.dtype))
         else:
-            out = torch.lerp(older, last, self._weight(slab.times[key], last.dtype))
+            out = forecast.combine(last, past, self._weights(slab.times[key]))
         if out.dtype != z.dtype or out.device != z.device:
             out = out.to(device=z.device, dtype=z.dtype)
         return out
@@ -302,6 +324,15 @@ class Call:
             hit = self._memo[k] = (times, (1 + slope).to(dtype).view(-1, 1, 1))
         return hit[1]
 
+    def _weights(self, times):
+        """(rows, K) forecast weights for this call's timestep, shared by modules with the same history."""
+        k = ("weights", id(times))
+        hit = self._memo.get(k)
+        if hit is None:
+            opts = self.state.options
+            hit = self._memo[k] = (times, forecast.weights(opts.reuse, opts.order, times, self._now(times.device)))
+        return hit[1]
+
     def _count(self, key, compute):
         for s, start, stop in self.segments:
             s.lazy[-1][key] = 0 if compute is None else compute[start:stop].count(False)
@@ -314,8 +345,10 @@ class RunState:
         """timesteps: the run's schedule (diffusion timesteps in sampling order), if known in advance."""
         self.policy = policy
         if timesteps is not None:
-            policy.plan(list(timesteps))
+            policy.plan(list(timesteps), options.max_lazy_steps)
         self.options = options
+        # Consecutive lazy steps allowed: the option, or less where the policy was made for less.
+        self.limit = min(options.max_lazy_steps, policy.max_run or options.max_lazy_steps)
         self.streams = {}               # stream key -> StreamCache
         self.call = None                # the Call in progress, read by the proxies
         self.calls = 0
