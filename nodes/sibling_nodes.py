@@ -1,11 +1,11 @@
-"""Training-free siblings on the same hook, cache and report: Δ-DiT and FORA."""
+"""Training-free siblings on the same hook, cache and report: Δ-DiT, FORA and TaylorSeer."""
 
 import functools
 
 from comfy_api.latest import io
 
-from ..lazy_core.engine.cache import REUSE, CacheOptions
-from ..lazy_core.engine.policies import DeltaDiT, Fora
+from ..lazy_core.engine.cache import MAX_ORDER, REUSE, CacheOptions
+from ..lazy_core.engine.policies import DeltaDiT, Fora, TaylorSeer
 from ..lazy_core.engine.proxies import describe
 from .checks import answer, check_choice, check_number, check_range
 from .lazy_hook import LazySession, in_range, install, percent_to_timestep, range_title, step_range
@@ -103,4 +103,44 @@ class ForaNode(io.ComfyNode):
         return io.NodeOutput(install(model, session))
 
 
-NODES = [DeltaDiTNode, ForaNode]
+class TaylorSeerNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LazyDiT_TaylorSeer",
+            display_name="LazyDiT TaylorSeer Cache",
+            category=CATEGORY,
+            description="Training-free TaylorSeer (Liu et al., ICCV 2025): every block's attention and MLP compute "
+                        "on every N-th step; in between each forecasts its output with a Taylor series whose "
+                        "derivatives are finite differences of its last computed outputs. Memory: order + 1 "
+                        "kept outputs per module. A baseline for Apply Lazy Gates, which plans where the "
+                        "computed steps go.",
+            inputs=[
+                io.Model.Input("model", tooltip="A DiT or PixArt model."),
+                io.Int.Input("interval", default=4, min=1, max=10,
+                             tooltip="Compute every N-th step; N - 1 forecast steps in between (4: 75 % lazy). "
+                                     "1 = exact."),
+                io.Int.Input("order", default=2, min=1, max=MAX_ORDER,
+                             tooltip="Taylor order: 1 = a line through the last two computed outputs, 2 = also "
+                                     "their curvature (three kept outputs)."),
+                *range_inputs(),
+            ],
+            outputs=[io.Model.Output(display_name="model")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, start_percent=None, end_percent=None):
+        return answer(check_range, start_percent, end_percent)
+
+    @classmethod
+    def execute(cls, model, interval, order, start_percent=0.0, end_percent=1.0):
+        check_range(start_percent, end_percent)
+        check_number("order", order, 1, MAX_ORDER, "the Taylor order")
+        describe(model.model.diffusion_model)
+        options = CacheOptions(max_lazy_steps=max(1, interval - 1), reuse="taylor", order=order)
+        make_policy = in_range(functools.partial(TaylorSeer, interval), step_range(model, start_percent, end_percent))
+        title = f"TaylorSeer, interval {interval}, order {order}{range_title(start_percent, end_percent)}"
+        return io.NodeOutput(install(model, LazySession(make_policy, options, title)))
+
+
+NODES = [DeltaDiTNode, ForaNode, TaylorSeerNode]

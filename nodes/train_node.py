@@ -17,7 +17,7 @@ from ..lazy_core.models.dit import DiT
 from ..lazy_core.models.labels import parse_labels
 from ..lazy_core.training.calibrate import calibrate
 from ..lazy_core.training.denoisers import ContextDenoiser, LabelDenoiser
-from ..lazy_core.training.sensitivity import measure, schedule_bank
+from ..lazy_core.training.sensitivity import CHAIN, ORDER, measure, measure_calls, schedule_bank
 from ..lazy_core.training.train_gates import parser, train
 from .checks import answer, check_choice, check_number
 from .files import check_prefix, create_new
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 OBJECTIVES = {"sensitivity": "sensitivity", "local (paper)": "local"}
 SCHEDULE_STEPS = 20                       # trajectories measured at DDIM 20; the plan serves any step count
 SCHEDULE_CALIBRATION = (10, 20, 30, 50)
+SCHEDULE_CALLS = measure_calls(SCHEDULE_STEPS, 1, CHAIN, modules=False)     # the same for every model depth
 
 
 def check_training(step_counts, laziness_pressure, objective, filename_prefix=None):
@@ -150,6 +151,7 @@ def finish(gates, denoiser, counts, prefix):
     """Calibrates at `counts`, saves to models/lazy_gates as prefix_NNNNN.safetensors; returns the path."""
     with torch.no_grad():
         gates.info.calibration, per_steps = calibrate(denoiser, gates, step_counts=counts)
+    gates.__dict__.pop("measured", None)
     gates.info.recipe["calibration_per_steps"] = per_steps
     return create_new(folder_paths.get_folder_paths("lazy_gates")[0], prefix, gates.to_bytes())
 
@@ -175,9 +177,11 @@ class SensitivitySchedule(io.ComfyNode):
             description="Training-free lazy schedule for the connected model, for when you have no gates: the "
                         "model samples a few of its own trajectories, measures how much being lazy at each "
                         "step would change the final image, and the run then spends its lazy budget on the "
-                        "steps where that costs least. Plug the output into Apply Lazy Gates. About 460 model "
-                        "calls over `images` images (a minute or two for the demo model on a CPU); saved to "
-                        "models/lazy_gates.",
+                        "steps where that costs least, in chains of up to 4 lazy steps (a chain's cost is "
+                        f"measured, not summed). Plug the output into Apply Lazy Gates. {SCHEDULE_CALLS} guided "
+                        "model calls over a batch of `images` images (cond and uncond), whatever the model; "
+                        "the calibration follows from the plan and costs none (a few minutes for the demo "
+                        "model on a CPU); saved to models/lazy_gates.",
             inputs=[
                 io.Model.Input("model", tooltip="A DiT (Load DiT Checkpoint) or a PixArt model."),
                 io.String.Input("labels", default="all", tooltip="DiT: classes to measure on: 'all', '0-9', "
@@ -207,15 +211,19 @@ class SensitivitySchedule(io.ComfyNode):
         check_schedule(cfg, filename_prefix)
         mm.load_models_gpu([model])
         denoiser = make_denoiser(model, labels, positive, negative, latent)
-        pbar = comfy.utils.ProgressBar(1)
-        costs = measure(denoiser, steps=SCHEDULE_STEPS, images=images, cfg_scale=cfg, seed=seed,
-                        on_progress=lambda i, n: pbar.update_absolute(i, n))
+        pbar = comfy.utils.ProgressBar(SCHEDULE_CALLS)
+
+        def progress(done, total):
+            mm.throw_exception_if_processing_interrupted()
+            pbar.update_absolute(done, total)
+        costs = measure(denoiser, steps=SCHEDULE_STEPS, images=images, cfg_scale=cfg, seed=seed, order=ORDER,
+                        chain=CHAIN, modules=False, on_progress=progress)
         gates = schedule_bank(denoiser, costs, recipe={"measure_steps": SCHEDULE_STEPS, "images": images,
-                                                       "cfg_scale": cfg, "seed": seed})
+                                                       "cfg_scale": cfg, "seed": seed, "measure_calls": costs.calls})
         gates.info.recipe["measure_seconds"] = round(costs.seconds, 1)
         path = finish(gates, denoiser, SCHEDULE_CALIBRATION, filename_prefix)
-        text = (f"saved {shown(path)}; measured {images} trajectories in {costs.seconds:.0f} s; "
-                f"{calibration_text(gates)}")
+        text = (f"saved {shown(path)}; measured {images} trajectories in {costs.calls} model calls, "
+                f"{costs.seconds:.0f} s; {calibration_text(gates)}")
         log.info(text)
         return io.NodeOutput(as_patcher(gates), text)
 

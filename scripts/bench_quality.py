@@ -2,10 +2,12 @@
 
   --manifest  class accuracy and FID (Fashion-MNIST classifier features vs the test split) of the exact
               model at 50 and 20 DDIM steps for each guidance scale: the figures in weights/manifest.json.
-  --compare   every policy at the same lazy ratio, side by side in one run, for each N in --steps, at about
-              30 % and 45 % lazy: the shipped learned gates, the training-free sensitivity schedule, the
-              paper's local recipe, a static mask of the learned gates' own majority decisions, random
-              decisions, and DDIM with fewer steps at equal attention/MLP MACs; FORA-2 at 50 %.
+  --compare   every policy at the same lazy share, side by side in one run, for each N in --steps, at FORA's
+              shares near --targets (50 %, 67 %, 75 %: intervals 2, 3, 4): the shipped learned gates and the
+              training-free sensitivity schedule (both planning chains of lazy steps), the paper's local
+              recipe (at 50 % and below), a static mask of the learned gates' own majority decisions, random
+              decisions in chains, FORA (repeat and extrapolated), TaylorSeer of each --taylor-orders, and
+              DDIM with fewer steps at equal attention/MLP MACs and at the learned gates' wall time.
               PSNR/SSIM against the exact N-step output (mean over images, and its spread over the noise
               seeds), FID and accuracy over all images, GMACs, wall time, and the learned gates' input
               dependence (share of decisions that differ from the majority decision across images).
@@ -14,11 +16,12 @@
               with --manifest: the DyDiT model's figures (dynamic, 1000 samples) instead of the DiT's.
 
     .venv/bin/python scripts/bench_quality.py --compare --per-class 10 --seeds 0 1 2
-    .venv/bin/python scripts/bench_quality.py --compare --dydit --short --steps 20 --targets 0.45
+    .venv/bin/python scripts/bench_quality.py --compare --dydit --short --steps 20 --targets 0.5
 """
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -69,9 +72,6 @@ def main(args):
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     from lazydit.lazy_core.demo.evaluate import Evaluator
-    from lazydit.lazy_core.engine.cache import CacheOptions
-    from lazydit.lazy_core.engine.gates import GateBank
-    from lazydit.lazy_core.engine.policies import DeltaDiT, Fora, LearnedGates, RandomLazy, StaticMask
     from lazydit.lazy_core.models.checkpoint import load_model
 
     model = load_model(os.path.join(WEIGHTS, "dit_demo_fashion.safetensors"))
@@ -98,56 +98,95 @@ def main(args):
             manifest.setdefault(name, {})["quality"] = {"samples": len(ev.labels), "sampler": sampler, **results}
             json.dump(manifest, open(path, "w"), indent=1)
     if args.compare:
-        learned = GateBank.load(os.path.join(WEIGHTS, args.gates))
-        schedule = GateBank.load(os.path.join(WEIGHTS, args.schedule))
-        local = GateBank.load(os.path.join(WEIGHTS, args.local)) if args.local else None
-        ev = Evaluator(model, classifier, per_class=args.per_class, seeds=args.seeds)
-        cfg = args.cfg[0]
-        # Every decision policy runs on the same extrapolating cache, so rows compare decisions; FORA runs
-        # both as published (repeat) and on that cache.
-        reuse = CacheOptions(reuse=args.reuse)
-        print(f"demo model, {len(ev.labels)} samples (10 classes x {args.per_class} x seeds {args.seeds}), cfg {cfg}, "
-              f"DDIM; learned {args.gates}, schedule {args.schedule}, local {args.local}")
-        print(f"{'method':36s} {'lazy':>6s} {'GMACs':>7s} {'wall s':>7s} {'speed':>6s} {'PSNR ± seeds':>12s} "
-              f"{'SSIM':>6s} {'FID':>7s} {'acc':>6s}")
-        for n in args.steps:
-            exact = ev.sample(n, cfg)
-            print(fmt(f"DDIM {n} (exact)", ev.scores(exact, exact), exact.seconds), flush=True)
+        compare(args, model, dydit, classifier)
 
-            def row(name, sampled):
-                print(fmt(name, ev.scores(sampled, exact), exact.seconds), flush=True)
-                return sampled
-            for target in args.targets:
-                lz = laziness_for(learned, target)
-                gated = row(f"learned gates {n} @ {lz:.2f}", ev.sample(n, cfg, LearnedGates(
-                    learned, learned.threshold_for(lz)), reuse))
-                print(f"    input dependence of the learned gates: {input_dependence(gated.lazy_map):.1%} of "
-                      f"decisions differ from the majority", flush=True)
-                ls = laziness_for(schedule, target)
-                sched = row(f"sensitivity schedule {n} @ {ls:.2f}", ev.sample(n, cfg, LearnedGates(
-                    schedule, schedule.threshold_for(ls)), reuse))
-                if local is not None and not args.short:
-                    ll = laziness_for(local, target)
-                    row(f"paper recipe gates {n} @ {ll:.2f}", ev.sample(n, cfg, LearnedGates(
-                        local, local.threshold_for(ll)), reuse))
-                if not args.short:
-                    row(f"static mask of learned {n}", ev.sample(n, cfg, StaticMask(majority(gated)), reuse))
-                # Random decisions at the measured ratio; the first step always computes, so aim a bit higher.
-                r = max(gated.lazy_ratio, sched.lazy_ratio)
-                row(f"random {n}", ev.sample(n, cfg, RandomLazy(min(0.49, r * n / (n - 1)), seed=n), reuse))
-                fewer = round(n * (1 - sched.lazy_ratio))
-                row(f"DDIM {fewer}", ev.sample(fewer, cfg))
-            row("FORA interval 2", ev.sample(n, cfg, Fora(2)))
-            row("FORA interval 2, extrapolated", ev.sample(n, cfg, Fora(2), reuse))
-            if dydit is not None:
-                depth = model.config.depth
-                row(f"Δ-DiT {depth // 2}/{depth} blocks, N=2", ev.sample(n, cfg, DeltaDiT(depth, depth // 2, 500, 2)))
-                dense = row(f"DyDiT {n}, complete (dense)", ev.sample(n, cfg, dydit={"model": dydit, "route": "dense"}))
-                dynamic = row(f"DyDiT {n}, dynamic (lambda 0.5)", ev.sample(n, cfg, dydit={"model": dydit}))
-                print(f"    DyDiT dynamic against its own complete model: PSNR "
-                      f"{ev.scores(dynamic, dense)['psnr']:.2f} dB", flush=True)
-                fewer = round(n * dynamic.macs / exact.macs)
-                row(f"DDIM {fewer} (DyDiT's MACs)", ev.sample(fewer, cfg))
+
+def share_steps(n, share):
+    """(lazy steps, FORA interval) for about `share` of an n-step run lazy: the share of FORA's interval
+    N = 1 / (1 - share), which computes ceil(n / N) steps, so every method is compared at FORA's MACs."""
+    interval = max(2, round(1 / (1 - share)))
+    return n - math.ceil(n / interval), interval
+
+
+def compare(args, model, dydit, classifier):
+    from lazydit.lazy_core.demo.evaluate import Evaluator
+    from lazydit.lazy_core.engine.cache import CacheOptions
+    from lazydit.lazy_core.engine.gates import GateBank
+    from lazydit.lazy_core.engine.policies import DeltaDiT, Fora, LearnedGates, RandomLazy, StaticMask, TaylorSeer
+
+    learned = GateBank.load(os.path.join(WEIGHTS, args.gates))
+    schedule = GateBank.load(os.path.join(WEIGHTS, args.schedule))
+    local = GateBank.load(os.path.join(WEIGHTS, args.local)) if args.local else None
+    ev = Evaluator(model, classifier, per_class=args.per_class, seeds=args.seeds)
+    cfg = args.cfg[0]
+    recipe = schedule.info.recipe
+    longest = max(learned.longest_chain, schedule.longest_chain)
+    # The decision policies run on the forecast their costs were measured with, chains as long as measured.
+    reuse = CacheOptions(reuse=recipe.get("reuse", args.reuse), order=recipe.get("order", 1), max_lazy_steps=longest)
+    print(f"demo model, {len(ev.labels)} samples (10 classes x {args.per_class} x seeds {args.seeds}), cfg {cfg}, "
+          f"DDIM; learned {args.gates}, schedule {args.schedule}, local {args.local}; decisions on "
+          f"{reuse.reuse} order {reuse.order}, chains up to {longest}")
+    print(f"{'method':36s} {'lazy':>6s} {'GMACs':>7s} {'wall s':>7s} {'speed':>6s} {'PSNR ± seeds':>12s} "
+          f"{'SSIM':>6s} {'FID':>7s} {'acc':>6s}")
+    for n in args.steps:
+        exact = ev.sample(n, cfg)
+        print(fmt(f"DDIM {n} (exact)", ev.scores(exact, exact), exact.seconds), flush=True)
+
+        def row(name, sampled):
+            scores = ev.scores(sampled, exact)
+            print(fmt(name, scores, exact.seconds), flush=True)
+            return sampled, scores
+        for target in args.targets:
+            k, interval = share_steps(n, target)
+            share = k / n
+            print(f"-- {k}/{n} steps lazy ({share:.0%})", flush=True)
+            results = {}
+            lz = laziness_for(learned, share)
+            (gated, results["learned gates"]) = row(f"learned gates {n} @ {lz:.2f}", ev.sample(n, cfg, LearnedGates(
+                learned, learned.threshold_for(lz)), reuse))
+            print(f"    input dependence of the learned gates: {input_dependence(gated.lazy_map):.1%} of "
+                  f"decisions differ from the majority", flush=True)
+            ls = laziness_for(schedule, share)
+            _, results["schedule"] = row(f"sensitivity schedule {n} @ {ls:.2f}", ev.sample(n, cfg, LearnedGates(
+                schedule, schedule.threshold_for(ls)), reuse))
+            if local is not None and not args.short and share <= 0.5:
+                ll = laziness_for(local, share)
+                row(f"paper recipe gates {n} @ {ll:.2f}", ev.sample(n, cfg, LearnedGates(
+                    local, local.threshold_for(ll)), reuse))
+            if not args.short:
+                row(f"static mask of learned {n}", ev.sample(n, cfg, StaticMask(majority(gated)), reuse))
+            # Random decisions at the learned gates' measured share (the first step always computes).
+            r = min(gated.lazy_ratio * n / (n - 1), 0.999 * longest / (longest + 1))
+            row(f"random {n}", ev.sample(n, cfg, RandomLazy(r, seed=n, longest=longest), reuse))
+            for name, opts in ((f"FORA N={interval}", CacheOptions(max_lazy_steps=interval - 1)),
+                               (f"FORA N={interval}, extrapolated", CacheOptions(
+                                   reuse="extrapolate", max_lazy_steps=interval - 1))):
+                _, results[name] = row(name, ev.sample(n, cfg, Fora(interval), opts))
+            for order in args.taylor_orders:
+                name = f"TaylorSeer N={interval} O={order}"
+                _, results[name] = row(name, ev.sample(n, cfg, TaylorSeer(interval), CacheOptions(
+                    reuse="taylor", order=order, max_lazy_steps=interval - 1)))
+            fewer = n - k
+            _, results["fewer"] = row(f"DDIM {fewer} (equal MACs)", ev.sample(fewer, cfg))
+            # Equal wall time: the step count whose exact run takes as long as the shipped policy's.
+            seconds = results["learned gates"]["seconds"]
+            steps_eq = max(1, round(n * seconds / exact.seconds))
+            if steps_eq != fewer:
+                _, results["fewer_time"] = row(f"DDIM {steps_eq} (equal wall time)", ev.sample(steps_eq, cfg))
+            best = max((v["psnr"], name) for name, v in results.items() if name.startswith(("FORA", "Taylor")))
+            ours = max(results["learned gates"]["psnr"], results["schedule"]["psnr"])
+            print(f"    best of FORA/TaylorSeer at this share: {best[1]} {best[0]:.2f} dB; ours {ours:.2f} dB "
+                  f"({ours - best[0]:+.2f}); fewer steps at equal MACs {results['fewer']['psnr']:.2f} dB "
+                  f"({ours - results['fewer']['psnr']:+.2f})", flush=True)
+        if dydit is not None:
+            depth = model.config.depth
+            row(f"Δ-DiT {depth // 2}/{depth} blocks, N=2", ev.sample(n, cfg, DeltaDiT(depth, depth // 2, 500, 2)))
+            dense, _ = row(f"DyDiT {n}, complete (dense)", ev.sample(n, cfg, dydit={"model": dydit, "route": "dense"}))
+            dynamic, _ = row(f"DyDiT {n}, dynamic (lambda 0.5)", ev.sample(n, cfg, dydit={"model": dydit}))
+            print(f"    DyDiT dynamic against its own complete model: PSNR "
+                  f"{ev.scores(dynamic, dense)['psnr']:.2f} dB", flush=True)
+            fewer = round(n * dynamic.macs / exact.macs)
+            row(f"DDIM {fewer} (DyDiT's MACs)", ev.sample(fewer, cfg))
 
 
 if __name__ == "__main__":
@@ -163,11 +202,12 @@ if __name__ == "__main__":
     p.add_argument("--local", default="dit_demo_fashion_gates_local.safetensors",
                    help="gates of the paper's local recipe ('' to leave out)")
     p.add_argument("--steps", type=int, nargs="+", default=[20, 50])
-    p.add_argument("--targets", type=float, nargs="+", default=[0.3, 0.45], help="lazy ratios compared")
+    p.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.67, 0.75], help="lazy shares compared")
+    p.add_argument("--taylor-orders", type=int, nargs="+", default=[1, 2], help="TaylorSeer orders compared")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="noise seeds (--compare)")
     p.add_argument("--short", action="store_true", help="leave out the paper-recipe and static-mask rows")
-    p.add_argument("--reuse", default="extrapolate", choices=("extrapolate", "repeat"),
-                   help="how the decision policies' lazy modules reuse outputs")
+    p.add_argument("--reuse", default="extrapolate", choices=("extrapolate", "repeat", "taylor"),
+                   help="how the decision policies' lazy modules reuse outputs, where the gates do not say")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()

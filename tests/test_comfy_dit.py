@@ -167,11 +167,12 @@ def test_sensitivity_objective_and_schedule_nodes(comfy, small_ckpt):
     assert saved.info.score == "log-cost" and saved.static and saved.info.granularity == "step"
     assert torch.equal(saved.prior, schedule.model.prior)
     for gates in (learned, schedule):
-        patched, expected = ApplyLazyGates.execute(model, gates, 1.0, 1, "auto", "auto").args
+        patched, expected = ApplyLazyGates.execute(model, gates, 1.0, 4, "auto", "auto").args
         comfy_nodes.common_ksampler(patched, 0, 10, 4.0, "euler", "normal", conditioning([1, 207]),
                                     conditioning([1000]), {"samples": torch.zeros(2, 4, 16, 16)})
         ratio = session_of(patched).report["ratio"]
-        top = gates.model.info.calibration[-1][1]
+        bank = gates.model
+        top = bank.expected_ratio(bank.threshold_for(1.0, steps=10), steps=10)       # calibrated at 10 steps
         assert ratio == pytest.approx(top, abs=0.1), f"{expected}: measured {ratio:.2f}"
         assert ratio > 0.3
 
@@ -191,7 +192,7 @@ def test_runs_plan_over_the_samplers_schedule(comfy, small_ckpt):
     model = load(comfy, "dit_small.safetensors")
     schedule = SensitivitySchedule.execute(model, "1", 3, 4.0, 1, "dit_plan").args[0]
     bank = schedule.model
-    patched = ApplyLazyGates.execute(model, schedule, 0.6, 1, "auto", "auto").args[0]
+    patched = ApplyLazyGates.execute(model, schedule, 0.6, 4, "auto", "auto").args[0]
     comfy_nodes.common_ksampler(patched, 0, 10, 4.0, "euler", "normal", conditioning([1]), conditioning([1000]),
                                 {"samples": torch.zeros(1, 4, 16, 16)})
     lazy_steps = session_of(patched).report["streams"][0]["lazy"].sum((1, 2)) > 0          # (steps,)
@@ -199,15 +200,37 @@ def test_runs_plan_over_the_samplers_schedule(comfy, small_ckpt):
     sigmas = comfy.samplers.calculate_sigmas(sampling, "normal", 10)
     timesteps = [float(t) for t in sampling.timestep(sigmas[:-1]).float()]
     policy = LearnedGates(bank, bank.threshold_for(0.6))
-    RunState(policy, CacheOptions(), timesteps)
-    limits = policy.schedule[1][:, 0, 0]
-    planned, previous = [], False
+    RunState(policy, CacheOptions(max_lazy_steps=4), timesteps)
+    limits = policy.chains[1]                                                          # (steps, chain + 1)
+    planned, run = [], 0
     for k, t in enumerate(timesteps):
-        lazy = k > 0 and not previous and float(bank.prior[0, 0, bank.bucket(t)]) <= float(limits[k])
+        lazy = k > 0 and float(bank.prior[0, 0, bank.bucket(t)]) <= float(limits[k, run])
         planned.append(lazy)
-        previous = lazy
+        run = run + 1 if lazy else 0
     assert lazy_steps.tolist() == planned, f"ComfyUI {lazy_steps.tolist()} vs plan {planned}"
-    assert any(planned)
+    assert any(planned) and any(a and b for a, b in zip(planned, planned[1:])), "no chain planned"
+
+
+def test_schedule_node_progress_covers_every_model_call(comfy, small_ckpt):
+    """The Sensitivity Schedule's progress bar counts every model call it makes (measuring; the calibration
+    follows from the plan and makes none), ends at its total, and the node's text and recipe say the count."""
+    import comfy.utils
+    from lazydit.nodes.train_node import SCHEDULE_CALLS, SensitivitySchedule
+
+    model = load(comfy, "dit_small.safetensors")
+    net = model.model.diffusion_model
+    calls, updates = [0], []
+    handle = net.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: updates.append((value,
+                                                                                                         total)))
+    try:
+        gates, info = SensitivitySchedule.execute(model, "1", 2, 4.0, 0, "dit_count").args
+    finally:
+        handle.remove()
+        comfy.utils.set_progress_bar_global_hook(None)
+    assert calls[0] == SCHEDULE_CALLS == gates.model.info.recipe["measure_calls"]
+    assert updates[-1] == (SCHEDULE_CALLS, SCHEDULE_CALLS) and all(t == SCHEDULE_CALLS for _, t in updates)
+    assert f"in {SCHEDULE_CALLS} model calls" in info
 
 
 def test_bad_files_give_clear_errors(comfy, small_ckpt, tmp_path, monkeypatch):

@@ -118,7 +118,7 @@ class GateBank(nn.Module):
     """All gates of one model: weight (depth, 2 modules, buckets, D), bias (depth, 2, buckets) and which
     buckets were trained."""
 
-    def __init__(self, info: GateInfo, weight=None, trained=None, bias=None, prior=None):
+    def __init__(self, info: GateInfo, weight=None, trained=None, bias=None, prior=None, chain=None, chain_t=None):
         super().__init__()
         if info.pooling not in POOLINGS:
             raise GateFileError(f"unknown pooling {info.pooling!r}; expected one of {POOLINGS}")
@@ -151,6 +151,24 @@ class GateBank(nn.Module):
                 raise GateFileError(f"gate {label} holds NaN or inf values: the gates are damaged (a diverged "
                                     f"training run?); train or download them again")
         self.register_buffer("trained", trained, persistent=False)
+        # Chains (optional): chain[i - 1, l - 1] = the expected log cost of the final image when the steps
+        # i .. i + l - 1 of the measured schedule chain_t (timesteps, sampling order) are all lazy; +inf
+        # where the chain would run past the end. policies.chain_costs carries it to any schedule.
+        self.chain = self.chain_t = None
+        if chain is not None or chain_t is not None:
+            if chain is None or chain_t is None:
+                raise GateFileError("a gate file with chains needs both `chain` and `chain_t`")
+            chain, chain_t = chain.float().clone(), chain_t.float().clone()
+            if chain.dim() != 2 or chain_t.dim() != 1 or chain.shape[0] != len(chain_t) - 1 or not chain.shape[1]:
+                raise GateFileError(f"gate chain table has shape {tuple(chain.shape)} for a schedule of "
+                                    f"{len(chain_t)} steps; expected ({len(chain_t) - 1}, longest chain)")
+            if torch.isnan(chain).any() or (chain == -float("inf")).any() or not torch.isfinite(chain[:, 0]).all():
+                raise GateFileError("gate chain table holds NaN or -inf values: the gates are damaged; measure "
+                                    "them again")
+            if not torch.isfinite(chain_t).all() or (chain_t.diff() >= 0).any() or chain_t.min() < 0 \
+                    or chain_t.max() > 999:
+                raise GateFileError("gate chain_t must be finite timesteps in 0..999 in sampling (descending) order")
+            self.chain, self.chain_t = chain, chain_t
         self._timesteps = torch.tensor(info.timesteps, dtype=torch.float32)
         gaps = self._timesteps.diff()
         # A timestep farther than half the widest bucket gap from every bucket has no gate: compute.
@@ -187,15 +205,22 @@ class GateBank(nn.Module):
                 f"{architecture} with depth {depth} / width {width}: load gates trained for this model, "
                 f"or train new ones with the LazyDiT gate trainer")
 
-    def _table(self):
-        table = sorted(self.info.calibration)
+    def _table(self, steps=None):
+        """The calibration table; with `steps`, the one measured at the nearest step count, where the file has
+        them (chains make the most laziness depend on the step count: a 10-step run has no room for them)."""
+        table = self.info.calibration
+        per_steps = self.info.recipe.get("calibration_per_steps") or {}
+        if steps is not None and per_steps:
+            nearest = min(per_steps, key=lambda n: abs(int(n) - steps))
+            table = per_steps[nearest]
+        table = sorted(table)
         if table and table[0][0] > 0 and self.info.score == "probability":
             table.insert(0, [0.0, 0.0])          # threshold 0: every score passes, nothing is lazy
         return table
 
-    def expected_ratio(self, threshold):
+    def expected_ratio(self, threshold, steps=None):
         """Lazy ratio the calibration table predicts at a threshold (linear interpolation), or None."""
-        table = self._table()
+        table = self._table(steps)
         if not table:
             return None
         if threshold <= table[0][0]:
@@ -205,12 +230,13 @@ class GateBank(nn.Module):
                 return r0 + (r1 - r0) * (threshold - t0) / max(t1 - t0, 1e-12)
         return table[-1][1]
 
-    def threshold_for(self, laziness):
+    def threshold_for(self, laziness, steps=None):
         """The decision threshold (log λ for log-cost gates) at which the slider's laziness L in [0, 1] is
         met: the calibrated lazy ratio is L times the most these gates allow (the table's last row), so
-        the slider spans 0 to the maximum evenly. Without a table the threshold is the laziness itself."""
+        the slider spans 0 to the maximum evenly, at `steps` steps where the file calibrated per step
+        count. Without a table the threshold is the laziness itself."""
         laziness = min(max(float(laziness), 0.0), 1.0)
-        table = self._table()
+        table = self._table(steps)
         if not table:
             return laziness
         if laziness >= 1.0:
@@ -224,8 +250,16 @@ class GateBank(nn.Module):
         return float(min(max(best, 0.0), 1.0)) if self.info.score == "probability" else float(best)
 
     def _tensors(self):
-        return {"weight": self.weight.detach().float().contiguous(), "bias": self.bias.detach().float().contiguous(),
-                "prior": self.prior.float().contiguous(), "trained": self.trained.to(torch.uint8).contiguous()}
+        out = {"weight": self.weight.detach().float().contiguous(), "bias": self.bias.detach().float().contiguous(),
+               "prior": self.prior.float().contiguous(), "trained": self.trained.to(torch.uint8).contiguous()}
+        if self.chain is not None:
+            out.update(chain=self.chain.contiguous(), chain_t=self.chain_t.contiguous())
+        return out
+
+    @property
+    def longest_chain(self):
+        """Most consecutive lazy steps the measured chain costs cover (1 without a chain table)."""
+        return 1 if self.chain is None else self.chain.shape[1]
 
     def save(self, path):
         save_file(self._tensors(), path, metadata=self.info.to_metadata())
@@ -251,7 +285,8 @@ class GateBank(nn.Module):
             raise GateFileError(f"{name} lacks tensors {sorted(missing)}: not a complete LazyDiT gate file")
         try:
             # Version 1 files have neither bias nor prior.
-            return cls(info, tensors["weight"], tensors["trained"], tensors.get("bias"), tensors.get("prior"))
+            return cls(info, tensors["weight"], tensors["trained"], tensors.get("bias"), tensors.get("prior"),
+                       tensors.get("chain"), tensors.get("chain_t"))
         except GateFileError as err:
             raise GateFileError(f"{name}: {err}") from err
 

@@ -7,6 +7,8 @@ the rules every policy shares (a row's first evaluation computes, at most `max_l
 a row) and does the caching.
 """
 
+import math
+
 import torch
 
 from .gates import GateBank
@@ -34,9 +36,11 @@ class Policy:
     name = "never"
     lazy_possible = False     # False: the engine neither evaluates decisions nor stores outputs
     ranges = False            # True: the policy caches block ranges (Call.block), so blocks get proxies too
+    max_run = None            # most consecutive lazy steps the policy was made for (None: the engine's option)
 
-    def plan(self, timesteps):
-        """Per-run set-up from the run's schedule (diffusion timesteps in sampling order), when known."""
+    def plan(self, timesteps, max_run=1):
+        """Per-run set-up from the run's schedule (diffusion timesteps in sampling order), when known, and
+        the engine's limit of consecutive lazy steps."""
 
     def prepare(self, call):
         """Per-call set-up (timestep -> bucket, ...); may set call.note to explain an all-compute call."""
@@ -47,6 +51,98 @@ class Policy:
 
 class NeverLazy(Policy):
     """Always computes: the exact model, through the same proxies."""
+
+
+def chain_costs(gates, timesteps, longest):
+    """(S, longest) expected final-image costs of lazy chains on a run's schedule: [k, l - 1] for steps
+    k .. k + l - 1 lazy (k >= 1), +inf where not allowed.
+
+    The bank measured chains on one schedule (chain_t). A chain is carried to another schedule by the gap
+    it leaves between the two computed steps around it, counted in steps of the measured schedule: on the
+    measured schedule a chain of l steps leaves a gap of l + 1, so a gap g costs what the measured chain
+    of g - 1 steps costs from the same place, interpolated over the start and, in log cost against log
+    gap, over the length. Below the shortest measured gap the cost falls as that first segment's power
+    law; past the longest it is not allowed."""
+    ref = gates.chain_t.double()                                        # (M,) descending
+    table = gates.chain.double()                                        # (M - 1, L): log costs
+    m, lmax = len(ref), table.shape[1]
+
+    def place(t):
+        """Fractional index of timestep t in the measured schedule (its end, after the last step, is M)."""
+        if t is None:
+            return float(m)
+        if t >= ref[0]:
+            return 0.0
+        j = int(torch.searchsorted(-ref, torch.tensor(-float(t), dtype=torch.float64), right=True)) - 1
+        if j >= m - 1:                                                 # below the last step: towards the end
+            return (m - 1) + min(1.0, (float(ref[-1]) - t) / max(float(ref[-1]), 1.0))
+        return j + (float(ref[j]) - t) / float(ref[j] - ref[j + 1])
+
+    log_gaps = torch.log(torch.arange(2, lmax + 2, dtype=torch.float64))
+
+    def at_start(i, gap):
+        """log cost from measured start step i (1-based) for a gap; inf past what was measured there."""
+        row = table[i - 1]
+        ok = torch.isfinite(row)
+        n = int(ok.sum())
+        lg = math.log(gap)
+        if lg > float(log_gaps[n - 1]) + 1e-9:
+            return math.inf
+        if n == 1:
+            return float(row[0]) + 2.0 * (lg - float(log_gaps[0]))    # one point: cost ~ gap^2 below it
+        if lg <= float(log_gaps[0]):
+            slope = float((row[1] - row[0]) / (log_gaps[1] - log_gaps[0]))
+            return float(row[0]) + max(slope, 0.0) * (lg - float(log_gaps[0]))
+        j = min(int(torch.searchsorted(log_gaps[:n], torch.tensor(lg, dtype=torch.float64))), n - 1)
+        w = (lg - float(log_gaps[j - 1])) / float(log_gaps[j] - log_gaps[j - 1])
+        return float(row[j - 1] + w * (row[j] - row[j - 1]))
+
+    S = len(timesteps)
+    where = [place(float(t)) for t in timesteps] + [place(None)]
+    out = torch.full((S, longest), math.inf)
+    for k in range(1, S):
+        for length in range(1, min(longest, S - k) + 1):
+            a, b = where[k - 1], where[k + length]
+            start = min(max(a + 1, 1.0), m - 1.0)
+            i0 = int(math.floor(start))
+            i1 = min(i0 + 1, m - 1)
+            w = start - i0
+            lo, hi = at_start(i0, max(b - a, 1e-3)), at_start(i1, max(b - a, 1e-3))
+            logc = lo if w == 0 or i1 == i0 else (math.inf if math.inf in (lo, hi) else lo + w * (hi - lo))
+            out[k, length - 1] = math.exp(logc) if logc < math.inf else math.inf
+    return out
+
+
+def chain_plan(cost, lam):
+    """Thresholds of the optimal chain plan: (S, R + 1) log thresholds on an image's log-cost deviation, by
+    step and by the row's lazy steps since it last computed (r = R: must compute). cost: chain_costs."""
+    S, R = cost.shape
+    F = torch.zeros(S + 1, R + 1, dtype=torch.float64)
+    thr = torch.full((S, R + 1), -math.inf, dtype=torch.float64)
+    c = cost.double()
+    for k in range(S - 1, -1, -1):
+        for r in range(R + 1):
+            F[k, r] = F[k + 1, 0]
+            if k == 0 or r == R or k - r < 1 or not math.isfinite(c[k - r, r]):
+                continue
+            inc = float(c[k - r, r] - (c[k - r, r - 1] if r else 0.0))
+            lazy = lam - inc + float(F[k + 1, r + 1])
+            F[k, r] = max(float(F[k, r]), lazy)
+            limit = lam + float(F[k + 1, r + 1] - F[k + 1, 0])
+            if limit > 0:
+                thr[k, r] = math.inf if inc <= 0 else math.log(limit) - math.log(inc)
+    return thr.float()
+
+
+def plan_share(thr):
+    """Share of the steps a chain plan makes lazy for an image at the schedule's costs (deviation 0)."""
+    r, lazy = 0, 0
+    for k in range(thr.shape[0]):
+        if float(thr[k, r]) >= 0:
+            lazy, r = lazy + 1, r + 1
+        else:
+            r = 0
+    return lazy / thr.shape[0]
 
 
 class LearnedGates(Policy):
@@ -62,28 +158,52 @@ class LearnedGates(Policy):
     decision stays one comparison. A schedule (no input weights) thus gets the optimal static plan, and
     learned gates move it per image. Without a known schedule: lazy iff cost <= λ.
 
+    Chains: a bank with measured chain costs (GateBank.chain) is planned over runs of lazy steps instead,
+    whose cost is measured, not the sum of single steps (a forecast drifts as the chain grows). The state
+    of a row is r, its lazy steps since it last computed, and F[k, r] the best value from step k on:
+    F[k, r] = max(F[k+1, 0], λ - ΔC(k, r) + F[k+1, r+1]), ΔC the measured cost increment of making step k
+    the (r+1)-th lazy step of its chain. Lazy pays iff the image's increment is at most λ + F[k+1, r+1] -
+    F[k+1, 0]; an image's increment is the schedule's times exp(its logit - the prior), so the decision
+    is again one comparison, with a threshold per step and run length (see chain_plan).
+
     Everything up to the decision runs on the model's device (nearest bucket, plan step, logit, threshold);
     the decision and the bucket reach the host in one read. Per-step gates decide once per call."""
 
     name = "lazydit"
     lazy_possible = True
 
-    def __init__(self, gates: GateBank, threshold: float):
+    def __init__(self, gates: GateBank, threshold: float, laziness: float = None):
+        """laziness: the slider's value; given, a run re-derives the threshold from the calibration at its
+        own step count (GateBank.threshold_for), as chains make the most laziness depend on it."""
         self.gates = gates
         self.threshold = float(threshold)
+        self.laziness = laziness
         self.trained = gates.trained.tolist()        # [depth][2][buckets], read on the host per module
         self.static = gates.static
         self.cost = gates.info.score == "log-cost"
         self.per_step = gates.info.granularity == "step"
+        # Log-cost gates plan chains only as long as they measured (1 without a chain table); the paper's
+        # probability gates leave it to max_lazy_steps.
+        self.max_run = gates.longest_chain if self.cost else None
         self.schedule = None                         # (timesteps (S,), log thresholds (S, depth, 2))
+        self.chains = None                           # chain plans: (timesteps (S,), log thresholds (S, R + 1))
         self._on = {}                                # device -> the gate tensors there
 
-    def plan(self, timesteps):
+    def plan(self, timesteps, max_run=1):
         self._on.clear()                             # device copies of an earlier run's plan
-        self.schedule = None
+        self.schedule = self.chains = None
+        if self.laziness is not None and len(timesteps):
+            self.threshold = float(self.gates.threshold_for(self.laziness, steps=len(timesteps)))
         if not self.cost or not len(timesteps):
             return
         lam = float(torch.tensor(self.threshold).exp())
+        if self.gates.chain is not None and self.per_step:
+            longest = min(max_run, self.gates.longest_chain)
+            thr = chain_plan(chain_costs(self.gates, timesteps, longest), lam)
+            prior = torch.tensor([float(self.gates.prior[0, 0, b]) if b is not None else float("inf")
+                                  for b in (self.gates.bucket(t) for t in timesteps)])
+            self.chains = (torch.tensor([float(t) for t in timesteps]), prior[:, None] + thr)
+            return
         buckets = [self.gates.bucket(t) for t in timesteps]
         prior = self.gates.prior.float().cpu()                               # (depth, 2, buckets)
         cost = torch.stack([prior[:, :, b].exp() if b is not None else torch.full(prior.shape[:2], float("inf"))
@@ -106,6 +226,8 @@ class LearnedGates(Policy):
                 "weight": None if self.static else g.weight.detach().float().to(device)}
             if self.schedule is not None:
                 on["plan_t"], on["limits"] = (x.to(device) for x in self.schedule)
+            if self.chains is not None:
+                on["plan_t"], on["chain_limits"] = (x.to(device) for x in self.chains)
         return on
 
     def compute_mask(self, call, block, module, z):
@@ -129,7 +251,7 @@ class LearnedGates(Policy):
         t = call.t.to(device=z.device, dtype=torch.float32)
         dist = (on["centers"] - t).abs()
         call.gate_bucket = dist.argmin().view(1)
-        if self.schedule is not None:
+        if self.schedule is not None or self.chains is not None:
             call.gate_step = (on["plan_t"] - t).abs().argmin().view(1)
         compute = self._decide(call, block, module, z, on)
         *mask, bucket, gap, t = call.host(torch.cat([compute.float(), call.gate_bucket.float(),
@@ -151,6 +273,13 @@ class LearnedGates(Policy):
             logit = tie_rows(call, pool(z, dim=1, dtype=torch.float32) @ w + logit)     # no fp32 copy of z
         if not self.cost:
             return torch.sigmoid(logit) >= self.threshold
+        if self.chains is not None:
+            limits = on["chain_limits"]                                     # (S, R + 1)
+            runs = [min(max(r, 0), limits.shape[1] - 1) for r in call.slab.runs.get((block, module), ())]
+            if len(runs) != z.shape[0]:                                      # no cache yet: the row computes
+                return torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
+            row = limits.index_select(0, call.gate_step).squeeze(0)         # (R + 1,)
+            return logit > row[torch.tensor(runs, device=z.device)]
         if self.schedule is None:
             return logit > self.threshold
         return logit > on["limits"][:, block, module].index_select(0, call.gate_step)
@@ -158,15 +287,26 @@ class LearnedGates(Policy):
 
 class RandomLazy(Policy):
     """Baseline: each image is lazy with probability p wherever the engine allows (cond and uncond rows
-    together). With max_lazy_steps 1, p = r / (1 - r) gives a lazy ratio r over a long run."""
+    together), in chains of at most `longest` steps (the engine's max_lazy_steps must allow them). Over a
+    long run the lazy share is (p + ... + p^L) / (1 + p + ... + p^L), L = longest; p is solved for `ratio`."""
 
     name = "random"
     lazy_possible = True
 
-    def __init__(self, ratio: float, seed: int = 0):
-        if not 0 <= ratio < 0.5:
-            raise ValueError(f"random lazy ratio must be in [0, 0.5), got {ratio}")
-        self.p = ratio / (1 - ratio)
+    def __init__(self, ratio: float, seed: int = 0, longest: int = 1):
+        top = longest / (longest + 1)
+        if not 0 <= ratio < top:
+            raise ValueError(f"random lazy ratio must be in [0, {top:.2f}) for chains of {longest}, got {ratio}")
+
+        def share(p):
+            powers = [p ** i for i in range(longest + 1)]
+            return sum(powers[1:]) / sum(powers)
+        lo, hi = 0.0, 1e6
+        for _ in range(100):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if share(mid) < ratio else (lo, mid)
+        self.p = min(1.0, lo)
+        self.max_run = longest
         self.generator = torch.Generator().manual_seed(seed)
 
     def compute_mask(self, call, block, module, z):
@@ -206,24 +346,33 @@ class Fora(Policy):
         return call.steps % self.interval == 0          # (rows,) on the host
 
 
+class TaylorSeer(Fora):
+    """TaylorSeer (Liu et al., ICCV 2025): FORA's every-N-th-step pattern with a Taylor forecast in between;
+    the forecast is the cache's (CacheOptions(reuse="taylor", order=O), max_lazy_steps >= N - 1)."""
+
+    name = "taylorseer"
+
+
 class ForcedRatio(Policy):
-    """A known lazy ratio for benchmarks on random weights (where learned gates mean nothing): on every
-    odd step of a stream, both modules of an evenly spread subset of blocks are lazy, for every row.
-    ratio r makes 2 * depth * r blocks lazy on half of the steps; r = 0.5 makes every block lazy there."""
+    """A known lazy ratio for benchmarks on random weights (where learned gates mean nothing), for every
+    row. Up to 0.5: on every odd step of a stream, both modules of an evenly spread subset of blocks are
+    lazy (ratio r makes 2 * depth * r blocks lazy on half of the steps). Above: every block is lazy except
+    on every N-th step, N = round(1 / (1 - r)) (0.67: N = 3), which needs max_lazy_steps >= N - 1."""
 
     name = "forced"
     lazy_possible = True
 
     def __init__(self, ratio: float, depth: int):
-        if not 0 <= ratio <= 0.5:
-            raise ValueError(f"a forced ratio must be in [0, 0.5] (lazy steps alternate), got {ratio}")
-        n = round(2 * depth * ratio)
+        if not 0 <= ratio < 1:
+            raise ValueError(f"a forced ratio must be in [0, 1), got {ratio}")
+        self.period = 2 if ratio <= 0.5 else round(1 / (1 - ratio))
+        n = round(2 * depth * ratio) if ratio <= 0.5 else depth
         self.lazy_blocks = {int(j * depth / n) for j in range(n)} if n else set()
 
     def compute_mask(self, call, block, module, z):
         if block not in self.lazy_blocks:
             return None
-        return call.steps % 2 == 0
+        return call.steps % self.period == 0
 
 
 class DeltaDiT(Policy):
@@ -272,12 +421,13 @@ class StepRange(Policy):
     def __init__(self, inner: Policy, low: float, high: float):
         self.inner, self.low, self.high = inner, float(low), float(high)
         self.name, self.lazy_possible, self.ranges = inner.name, inner.lazy_possible, inner.ranges
+        self.max_run = inner.max_run
 
     def inside(self, t):
         return self.low <= t <= self.high
 
-    def plan(self, timesteps):
-        self.inner.plan([t for t in timesteps if self.inside(t)])
+    def plan(self, timesteps, max_run=1):
+        self.inner.plan([t for t in timesteps if self.inside(t)], max_run)
 
     def prepare(self, call):
         call.outside = not self.inside(call.timestep)

@@ -14,7 +14,7 @@ import logging
 import torch
 
 from ..engine.cache import CacheOptions
-from ..engine.policies import LearnedGates
+from ..engine.policies import LearnedGates, chain_costs, chain_plan, plan_share
 from ..engine.run import LazyRun
 from ..models.diffusion import GaussianDiffusion, parse_step_counts, space_timesteps
 from .denoisers import as_denoiser
@@ -32,11 +32,19 @@ def calibrate(model, gates, step_counts=(10, 20, 50), thresholds=THRESHOLDS, row
 
     model: a DiT, or a denoiser (lazy_core.training.denoisers) for other models. A schedule (gates that read no
     input) decides the same for every image, so one image measures it exactly."""
-    den = as_denoiser(model)
-    rows = 1 if gates.static else rows
-    options = CacheOptions(reuse=gates.info.recipe.get("reuse", "repeat"))      # as the costs were measured
     if gates.info.score == "log-cost" and thresholds is THRESHOLDS:
         thresholds = cost_grid(gates, 64 if gates.static else 16)     # a schedule costs one image a run
+    chains = gates.chain is not None and gates.info.granularity == "step"
+    if chains and gates.static:
+        return plan_table(gates, step_counts, thresholds)
+    measured = getattr(gates, "measured", None)         # the Costs the gates were fitted on, when at hand
+    if chains and measured is not None:
+        return plan_table(gates, step_counts, thresholds, measured)
+    den = as_denoiser(model)
+    rows = 1 if gates.static else rows
+    recipe = gates.info.recipe                                        # the forecast the costs were measured with
+    options = CacheOptions(reuse=recipe.get("reuse", "repeat"), order=recipe.get("order", 1),
+                           max_lazy_steps=gates.longest_chain)
     g = torch.Generator().manual_seed(seed)
     cond = den.draw(rows, g)
     noise = torch.randn(rows, *den.latent, generator=g).to(den.device)
@@ -54,10 +62,50 @@ def calibrate(model, gates, step_counts=(10, 20, 50), thresholds=THRESHOLDS, row
     return table, per_steps
 
 
+def plan_table(gates, step_counts, thresholds, measured=None):
+    """The same table without sampling: the lazy share of the plan at each threshold on each step count's
+    DDIM schedule. A schedule (decisions that read no input) decides alike for every image, so its plan
+    is the answer; learned gates decide per image, predicted here from the pooled inputs measured along
+    the images' exact trajectories (sensitivity.Costs), interpolated to the schedule's timesteps."""
+    per_steps = {}
+    for n in step_counts:
+        ts = space_timesteps(n)[::-1]
+        costs = chain_costs(gates, ts, gates.longest_chain)
+        if measured is None:
+            per_steps[n] = [[thr, round(plan_share(chain_plan(costs, float(torch.tensor(thr).exp()))), 4)]
+                            for thr in thresholds]
+            continue
+        from .sensitivity import interp_steps
+        buckets = [gates.bucket(t) for t in ts]
+        feats = interp_steps(measured.features[:, 0, 0], measured.timesteps, ts)        # (n, images, D)
+        prior = torch.tensor([float(gates.prior[0, 0, b]) if b is not None else float("inf") for b in buckets])
+        logit = torch.stack([feats[k] @ gates.weight[0, 0, b].float() + float(gates.bias[0, 0, b])
+                             if b is not None else torch.full((feats.shape[1],), float("inf"))
+                             for k, b in enumerate(buckets)])                              # (n, images)
+        rows = []
+        for thr in thresholds:
+            limits = prior[:, None] + chain_plan(costs, float(torch.tensor(thr).exp()))     # (n, R + 1)
+            lazy = 0
+            for i in range(logit.shape[1]):
+                r = 0
+                for k in range(n):
+                    if float(logit[k, i]) <= float(limits[k, r]):
+                        lazy, r = lazy + 1, r + 1
+                    else:
+                        r = 0
+            rows.append([thr, round(lazy / (n * logit.shape[1]), 4)])
+        per_steps[n] = rows
+    table = [[thr, round(sum(per_steps[n][i][1] for n in step_counts) / len(step_counts), 4)]
+             for i, thr in enumerate(thresholds)]
+    return table, per_steps
+
+
 def cost_grid(gates, points=16):
     """log λ values for a log-cost bank's table: from below its cheapest expected cost (nothing lazy) to
     above its dearest (lazy wherever allowed), half spread evenly and half at the costs' quantiles."""
     logc = gates.prior.float().flatten()
+    if gates.chain is not None:                # a long chain is worth its cost only at a higher price
+        logc = torch.cat([logc, gates.chain[torch.isfinite(gates.chain)]])
     lo, hi = float(logc.min()) - 2, float(logc.max()) + 2
     q = torch.quantile(logc, torch.linspace(0, 1, points // 2))
     grid = {round(float(v), 4) for v in [*q.tolist(), *torch.linspace(lo, hi, points - points // 2).tolist()]}

@@ -25,12 +25,15 @@ from dataclasses import dataclass
 
 import torch
 
+from ..engine import forecast
 from ..engine.gates import MODULES, GateBank, GateInfo
 from ..engine.proxies import Attachment, describe
 from ..models.diffusion import GaussianDiffusion, space_timesteps
 from .denoisers import LabelDenoiser, as_denoiser
 
 EPS = 1e-20
+CHAIN = 4            # longest chain of lazy steps measured: 80 % lazy at 20 steps, where reuse saturates
+ORDER = 2            # the forecast measured and shipped: see the README's forecaster table
 
 
 @dataclass
@@ -38,13 +41,16 @@ class Costs:
     """Measured lazy costs along one step count's exact trajectories."""
 
     timesteps: list               # sampling order (descending), length = steps
-    cost: torch.Tensor            # (steps, depth, 2, images) final-image squared error; step 0: inf
+    cost: torch.Tensor            # (steps, depth, 2, images) final-image squared error; step 0: inf (or None)
     features: torch.Tensor        # (steps, depth, 2, images, D) pooled module input, mean over the image's rows
     gain: torch.Tensor            # (steps, images) final-image change per unit eps change
     step_cost: torch.Tensor = None   # (steps, images) final-image squared error of the whole step lazy
     coherent: torch.Tensor = None    # (steps, images) |sum of module Δeps|^2 / sum of |Δeps|^2
     seconds: float = 0.0
-    reuse: str = "extrapolate"       # how a lazy module reused its output (engine.CacheOptions.reuse)
+    reuse: str = "extrapolate"       # how a lazy module reused its outputs (engine.CacheOptions.reuse, order)
+    order: int = 1
+    chain: torch.Tensor = None       # (steps, longest, images): [i, l - 1] steps i .. i + l - 1 lazy; inf: n/a
+    calls: int = 0                   # guided evaluations made
 
 
 class _Holder:
@@ -55,16 +61,15 @@ class _Holder:
 
 
 class _Calls:
-    """Per model call within one guided eps evaluation: record outputs and pooled inputs, or replay the
-    previous step's outputs for the lazy modules."""
+    """Per model call within one guided eps evaluation: record outputs and pooled inputs, or stand in for
+    the lazy modules with the forecast the engine would make from the outputs of earlier steps."""
 
-    def __init__(self, row_images, images, pooling, previous=None, lazy=(), older=None, slope=0.0):
+    def __init__(self, row_images, images, pooling, history=None, lazy=(), w=None):
         self.row_images = row_images           # per call: (rows,) image index of each row
         self.images = images
         self.pooling = pooling
-        self.previous = previous               # per call: {(block, module): (rows, T, D)} from step k-1
-        self.older = older                     # the same from step k-2, to extrapolate (or None: repeat)
-        self.slope = slope
+        self.history = history                 # per step, newest first: per call {(block, module): (rows, T, D)}
+        self.w = w                             # (1, K) forecast weights of those steps (forecast.weights)
         self.lazy = set(lazy)
         self.index = -1
         self.outputs = []                      # per call: {(block, module): (rows, T, D)}
@@ -81,16 +86,17 @@ class _Calls:
 
     def run(self, block, module, fn, z):
         key = (block, module)
-        if self.previous is None:                              # record: exact step
+        if self.history is None:                               # record: exact step
             rows = self.row_images[self.index].to(z.device)
             pooled = z.float().mean(1) if self.pooling == "mean" else z.float().sum(1)   # (rows, D)
             acc = self.features.setdefault(key, torch.zeros(self.images, z.shape[-1], device=z.device))
             acc.index_add_(0, rows, pooled)
         if key in self.lazy:
-            last = self.previous[self.index][key]
-            return last if self.older is None else last + self.slope * (last - self.older[self.index][key])
+            outs = [h[self.index][key] for h in self.history]
+            w = self.w.to(z.device).expand(z.shape[0], -1)
+            return forecast.combine(outs[0], outs[1:], w[:, :len(outs)])
         out = fn(z)
-        if self.previous is None:
+        if self.history is None:
             self.outputs[self.index][key] = out
         return out
 
@@ -99,13 +105,36 @@ class _Calls:
         return {k: (v / self.counts.to(v.device)[:, None]).cpu() for k, v in self.features.items()}
 
 
-@torch.no_grad()
-def measure(model, steps=20, images=16, cfg_scale=4.0, seed=0, pooling="mean", on_progress=None, reuse="extrapolate"):
-    """Costs of every (step, block, module) for `images` trajectories of `steps` DDIM steps with guidance,
-    where a lazy module reuses its output as the engine's `reuse` option does (engine.CacheOptions).
+HISTORIES = ("periodic", "exact")
 
-    model: a DiT or a denoiser. Model calls: 2 * steps + steps * (steps - 1) / 2 + 2 * depth * (steps - 1),
-    each over the guided batch (458 for DDIM 20). on_progress(done, total) reports them."""
+
+def measure_calls(steps, depth, chain=1, modules=True, history="exact"):
+    """Guided evaluations `measure` makes: the exact pass, each module lazy on its own (modules=True), and
+    per start and length of a lazy chain its forecast evaluations (one more each for an exact history,
+    whose chains share their beginnings; all of them for a periodic one) and the exact rest."""
+    per = (lambda n: 1) if history == "exact" else (lambda n: n)
+    chains = sum(per(n) + steps - (i + n) for i in range(1, steps) for n in range(1, min(chain, steps - i) + 1))
+    return steps + (2 * depth * (steps - 1) if modules else 0) + chains
+
+
+@torch.no_grad()
+def measure(model, steps=20, images=16, cfg_scale=4.0, seed=0, pooling="mean", on_progress=None, reuse="extrapolate",
+            order=1, chain=1, modules=True, history="exact"):
+    """Costs of lazy steps for `images` trajectories of `steps` DDIM steps with guidance, where a lazy
+    module stands in with the engine's forecast (engine.CacheOptions reuse and order):
+
+      chain      the final-image error of every run of up to `chain` consecutive lazy steps (every module
+                 lazy), each run measured on its own: the exact trajectory to its start, the chain, the
+                 exact rest; chain 1 gives the cost of each step lazy alone (step_cost).
+      modules    also each module's first-order cost at each step (cost; module-level gates).
+      history    which computed outputs a chain's forecast starts from. "exact": every step before the
+                 chain computed (what a run lazy on that chain alone does). "periodic": the computed steps
+                 spaced as in a run of such chains (i - 1, i - 1 - (l + 1), ...), what a forecast sees in
+                 a run lazy most of the time; the outputs are the exact trajectory's.
+
+    model: a DiT or a denoiser. Model calls: measure_calls(steps, depth, chain, modules), each over the
+    guided batch (458 for DDIM 20 with chain 1 and modules, 209 + ... see measure_calls). on_progress(done,
+    total) reports each one."""
     t0 = time.perf_counter()
     den = as_denoiser(model)
     _, depth, width = describe(den.model)
@@ -117,8 +146,11 @@ def measure(model, steps=20, images=16, cfg_scale=4.0, seed=0, pooling="mean", o
     cond = den.draw(images, g)
     x = torch.randn(images, *den.latent, generator=g).to(den.device)
     row_images = den.row_images(cond, cfg_scale)
-    total = 2 * steps + steps * (steps - 1) // 2 + len(keys) * (steps - 1)
+    if history not in HISTORIES:
+        raise ValueError(f"unknown history {history!r}; expected one of {HISTORIES}")
+    total = measure_calls(steps, depth, chain, modules, history)
     done = [0]
+    kept = forecast.history(reuse, order)
 
     holder = _Holder()
     handle = Attachment(den.model, holder).attach()
@@ -146,48 +178,71 @@ def measure(model, steps=20, images=16, cfg_scale=4.0, seed=0, pooling="mean", o
     def norm2(v):
         return v.float().pow(2).flatten(1).sum(1).cpu()                     # (images,)
 
-    cost = torch.full((steps, depth, len(MODULES), images), float("inf"))
+    def lazy_calls(outputs, start, k, lazy, spacing=1):
+        """Calls standing in for `lazy` at step k with the forecast from the steps computed before `start`:
+        start - 1, start - 1 - spacing, ..."""
+        steps_kept = [j for j in range(start - 1, -1, -spacing)][:kept]
+        hist = [outputs[j] for j in steps_kept]
+        times = torch.tensor([[float(ts[j]) for j in steps_kept]])
+        w = forecast.weights(reuse, order, times, torch.tensor(float(ts[k])))
+        return _Calls(row_images, images, pooling, hist, lazy, w)
+
     features = torch.zeros(steps, depth, len(MODULES), images, width)
-    states, lazy_eps, exact_eps = [], [], []
+    delta2 = torch.zeros(steps, depth, len(MODULES), images)
+    coherent = torch.ones(steps, images)
+    states, outputs, exact_eps = [], [], []
     try:
-        # Pass 1: the exact trajectory; at each step, the eps change of each module lazy on its own.
-        previous, older, delta2 = None, None, torch.zeros(steps, depth, len(MODULES), images)
-        coherent = torch.ones(steps, images)
+        # Pass 1: the exact trajectory; at each step, optionally, the eps change of each module lazy alone.
         for k in range(steps):
             rec = _Calls(row_images, images, pooling)
             eps = eps_with(rec, x, k)
             for (b, m), f in rec.pooled().items():
                 features[k, b, m] = f
-            if previous is not None:
-                old = older if reuse == "extrapolate" else None
-                slope = (ts[k] - ts[k - 1]) / (ts[k - 1] - ts[k - 2]) if old is not None else 0.0
+            if modules and k > 0:
                 summed = torch.zeros_like(eps)
                 for b, m in keys:
-                    lazy = eps_with(_Calls(row_images, images, pooling, previous, [(b, m)], old, slope), x, k)
+                    lazy = eps_with(lazy_calls(outputs, k, k, [(b, m)]), x, k)
                     delta2[k, b, m] = norm2(lazy - eps)
                     summed += lazy - eps
                 coherent[k] = norm2(summed) / delta2[k].sum((0, 1)).clamp_min(EPS)
-                lazy_eps.append(eps_with(_Calls(row_images, images, pooling, previous, keys, old, slope), x, k))
-            else:
-                lazy_eps.append(eps)
             states.append(x)
             exact_eps.append(eps)
-            previous, older = rec.outputs, previous
+            outputs.append(rec.outputs)
             x = step(x, k, eps)
         final = x
-        # Pass 2: gain of each step, from a lazy perturbation run to the end.
-        gain, step_cost = torch.zeros(steps, images), torch.full((steps, images), float("inf"))
-        for k in range(1, steps):
-            d = lazy_eps[k] - exact_eps[k]
-            xx = step(states[k], k, lazy_eps[k])
-            for j in range(k + 1, steps):
-                xx = step(xx, j, eps_with(_Calls(row_images, images, pooling), xx, j))
-            step_cost[k] = norm2(xx - final)
-            gain[k] = step_cost[k] / norm2(d).clamp_min(EPS)
-        cost[1:] = gain[1:, None, None, :] * delta2[1:]
+        # Pass 2: every chain of lazy steps from each start, the forecast carried along, then exact to the end.
+        costs = torch.full((steps, chain, images), float("inf"))
+        gain = torch.zeros(steps, images)
+        for i in range(1, steps):
+            xx = states[i]
+            for n in range(1, min(chain, steps - i) + 1):
+                k = i + n - 1
+                if history == "periodic":              # each length has its own history: run its chain anew
+                    xx = states[i]
+                    for j in range(i, k + 1):
+                        lazy_eps = eps_with(lazy_calls(outputs, i, j, keys, n + 1), xx, j)
+                        if j == i and n == 1:
+                            d = lazy_eps - exact_eps[i]
+                        xx = step(xx, j, lazy_eps)
+                else:
+                    lazy_eps = eps_with(lazy_calls(outputs, i, k, keys), xx, k)
+                    if n == 1:
+                        d = lazy_eps - exact_eps[i]
+                    xx = step(xx, k, lazy_eps)
+                yy = xx
+                for j in range(k + 1, steps):
+                    yy = step(yy, j, eps_with(_Calls(row_images, images, pooling), yy, j))
+                costs[i, n - 1] = norm2(yy - final)
+            gain[i] = costs[i, 0] / norm2(d).clamp_min(EPS)
+        cost = None
+        if modules:
+            cost = torch.full((steps, depth, len(MODULES), images), float("inf"))
+            cost[1:] = gain[1:, None, None, :] * delta2[1:]
     finally:
         handle.detach()
-    return Costs(list(ts), cost, features, gain, step_cost, coherent, time.perf_counter() - t0, reuse)
+    step_cost = costs[:, 0].clone()
+    return Costs(list(ts), cost, features, gain, step_cost, coherent, time.perf_counter() - t0, reuse, order,
+                 costs, done[0])
 
 
 #################################################################################
@@ -206,11 +261,11 @@ def targets(costs: Costs, level="step"):
         raise ValueError(f"unknown cost level {level!r}; expected one of {LEVELS}")
     if level == "module":
         return costs.cost[1:].clamp_min(EPS).log()
-    depth, modules = costs.cost.shape[1:3]
+    depth, modules = costs.features.shape[1:3]
     return costs.step_cost[1:, None, None, :].clamp_min(EPS).log().expand(-1, depth, modules, -1)
 
 
-def _interp_steps(values, timesteps, buckets):
+def interp_steps(values, timesteps, buckets):
     """Values measured at descending `timesteps` (leading dim), linearly interpolated in t at `buckets`."""
     t = torch.tensor(timesteps[::-1], dtype=torch.float32)             # ascending
     v = values.flip(0)
@@ -222,8 +277,16 @@ def _interp_steps(values, timesteps, buckets):
     return torch.stack(out)
 
 
+def _chains(costs):
+    """(chain, chain_t) for a bank: the images' mean log cost of each measured chain, or (None, None)
+    when only single steps were measured."""
+    if costs.chain is None or costs.chain.shape[1] < 2:
+        return None, None
+    return costs.chain[1:].clamp_min(EPS).log().mean(-1), torch.tensor(costs.timesteps, dtype=torch.float32)
+
+
 def _info(model, costs, buckets, pooling, recipe, level):
-    recipe = {**recipe, "reuse": costs.reuse}
+    recipe = {**recipe, "reuse": costs.reuse, "order": costs.order}
     den = as_denoiser(model)
     arch, depth, width = describe(den.model)
     grid = [round(i * 999 / (buckets - 1)) for i in range(buckets)]
@@ -234,10 +297,11 @@ def _info(model, costs, buckets, pooling, recipe, level):
 def schedule_bank(model, costs: Costs, buckets=25, pooling="mean", recipe=None, level="step"):
     """Training-free gates: logit(bucket, block, module) = the images' mean log cost there."""
     y = targets(costs, level).mean(-1)                                  # (steps-1, depth, 2)
+    chain, chain_t = _chains(costs) if level == "step" else (None, None)
     info = _info(model, costs, buckets, pooling, {"objective": "sensitivity schedule", **(recipe or {})}, level)
-    bias = _interp_steps(y, costs.timesteps[1:], info.timesteps).permute(1, 2, 0)   # (depth, 2, buckets)
+    bias = interp_steps(y, costs.timesteps[1:], info.timesteps).permute(1, 2, 0)   # (depth, 2, buckets)
     weight = torch.zeros(info.depth, len(MODULES), buckets, info.width)
-    return GateBank(info, weight, bias=bias, prior=bias)
+    return GateBank(info, weight, bias=bias, prior=bias, chain=chain, chain_t=chain_t)
 
 
 def fit_gates(model, costs: Costs, buckets=25, pooling="mean", recipe=None, ridge=None, holdout=0.25, level="step"):
@@ -246,6 +310,7 @@ def fit_gates(model, costs: Costs, buckets=25, pooling="mean", recipe=None, ridg
     removed from both (so the bias is the schedule's score and w carries only what the input adds).
     The ridge strength is chosen on held-out images unless given; returns (bank, fit report)."""
     y = targets(costs, level)                                           # (S, depth, 2, images)
+    chain, chain_t = _chains(costs) if level == "step" else (None, None)
     f = costs.features[1:]                                              # (S, depth, 2, images, D)
     S, depth, M, n, D = f.shape
     info = _info(model, costs, buckets, pooling, {"objective": "sensitivity", **(recipe or {})}, level)
@@ -284,11 +349,12 @@ def fit_gates(model, costs: Costs, buckets=25, pooling="mean", recipe=None, ridg
             report["r2_holdout"].append(round(score, 4))
             report["ridge"].append(best)
     t = info.timesteps
-    y_b = _interp_steps(y_mean, costs.timesteps[1:], t)                # (buckets, depth, 2)
-    f_b = _interp_steps(f_mean, costs.timesteps[1:], t)                # (buckets, depth, 2, D)
+    y_b = interp_steps(y_mean, costs.timesteps[1:], t)                # (buckets, depth, 2)
+    f_b = interp_steps(f_mean, costs.timesteps[1:], t)                # (buckets, depth, 2, D)
     bias = y_b - (f_b * weight[None]).sum(-1)                          # (buckets, depth, 2)
     bank = GateBank(info, weight[:, :, None, :].expand(depth, M, buckets, D).contiguous(),
-                    bias=bias.permute(1, 2, 0).contiguous(), prior=y_b.permute(1, 2, 0).contiguous())
+                    bias=bias.permute(1, 2, 0).contiguous(), prior=y_b.permute(1, 2, 0).contiguous(),
+                    chain=chain, chain_t=chain_t)
     return bank, report
 
 
@@ -313,6 +379,9 @@ def main(argv=None):
     p.add_argument("--cfg-scale", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=1000, help="held out from the benchmarks' seed 0")
     p.add_argument("--calibrate", default="10,20,30,50")
+    p.add_argument("--chain", type=int, default=CHAIN, help="longest chain of lazy steps measured")
+    p.add_argument("--reuse", choices=forecast.FORECASTS, default="extrapolate", help="the forecast measured")
+    p.add_argument("--order", type=int, default=ORDER, help="the forecast's order")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto", help="auto: a GPU if there is one, else cpu")
     args = p.parse_args(argv)
@@ -321,10 +390,12 @@ def main(argv=None):
     model = load_model(args.model).to(launch.device_for(args.device))
     n = model.config.num_classes
     denoiser = LabelDenoiser(model, parse_labels(args.labels, n, names_for(n)))
-    costs = measure(denoiser, args.steps, args.images, args.cfg_scale, args.seed)
+    costs = measure(denoiser, args.steps, args.images, args.cfg_scale, args.seed, reuse=args.reuse, order=args.order,
+                    chain=args.chain, modules=False)
     bank = schedule_bank(model, costs, recipe={"measure_steps": args.steps, "images": args.images,
                                                "cfg_scale": args.cfg_scale, "seed": args.seed,
-                                               "measure_seconds": round(costs.seconds, 1)})
+                                               "measure_seconds": round(costs.seconds, 1),
+                                               "measure_calls": costs.calls})
     bank.info.calibration, per_steps = calibrate(model, bank, step_counts=parse_step_counts(args.calibrate))
     bank.info.recipe["calibration_per_steps"] = per_steps
     bank.info.source_model = file_sha256(args.model)

@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 
 from ..demo.fashion import names_for
+from ..engine.cache import REUSE
 from ..engine.gates import GateBank, GateInfo
 from ..engine.proxies import Attachment, describe
 from ..models.checkpoint import file_sha256, load_model
@@ -42,7 +43,7 @@ from ..models.dit import DiT
 from ..models.labels import parse_labels
 from . import launch
 from .denoisers import LabelDenoiser, as_denoiser
-from .sensitivity import LEVELS, fit_gates, measure
+from .sensitivity import CHAIN, LEVELS, ORDER, fit_gates, measure
 
 log = logging.getLogger(__name__)
 
@@ -250,14 +251,17 @@ def train_sensitivity(denoiser, args, on_iter=None):
     """The sensitivity objective: measure costs on `args.images` trajectories, fit the gates."""
     t0 = time.time()
     costs = measure(denoiser, steps=args.measure_steps, images=args.images, cfg_scale=args.cfg_scale,
-                    seed=args.seed, pooling=args.pooling,
+                    seed=args.seed, pooling=args.pooling, reuse=args.reuse, order=args.order, chain=args.chain,
+                    modules=args.level == "module",
                     on_progress=None if on_iter is None else lambda i, n: on_iter(i, n, float("nan")))
     recipe = {"measure_steps": args.measure_steps, "images": args.images, "cfg_scale": args.cfg_scale,
               "seed": args.seed}
     gates, fit = fit_gates(denoiser, costs, buckets=args.buckets, pooling=args.pooling, recipe=recipe,
                            level=args.level)
     r2 = sum(fit["r2_holdout"]) / len(fit["r2_holdout"])
-    gates.info.recipe.update(r2_holdout_mean=round(r2, 4), train_seconds=round(time.time() - t0, 1))
+    gates.info.recipe.update(r2_holdout_mean=round(r2, 4), train_seconds=round(time.time() - t0, 1),
+                             measure_calls=costs.calls)
+    gates.measured = costs            # not saved: lets calibrate predict per-image decisions without sampling
     log.info("sensitivity gates: %d trajectories of %d steps in %.0f s; held-out R^2 of the input term %.3f",
              args.images, args.measure_steps, costs.seconds, r2)
     return gates.requires_grad_(False)
@@ -305,6 +309,9 @@ def parser():
     p.add_argument("--images", type=int, default=40, help="sensitivity: trajectories measured")
     p.add_argument("--measure-steps", type=int, default=20, help="sensitivity: DDIM steps of the trajectories")
     p.add_argument("--level", choices=LEVELS, default="step", help="sensitivity: whole-step or module costs")
+    p.add_argument("--chain", type=int, default=CHAIN, help="sensitivity: longest chain of lazy steps measured")
+    p.add_argument("--reuse", choices=REUSE, default="extrapolate", help="sensitivity: the forecast measured")
+    p.add_argument("--order", type=int, default=ORDER, help="sensitivity: the forecast's order")
     p.add_argument("--source", choices=("self", "real"), default="self", help="local: data source")
     p.add_argument("--iters", type=int, default=500, help="paper: 500")
     p.add_argument("--batch", type=int, default=64, help="global batch (paper: 256)")
