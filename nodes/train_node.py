@@ -17,7 +17,7 @@ from ..lazy_core.models.dit import DiT
 from ..lazy_core.models.labels import parse_labels
 from ..lazy_core.training.calibrate import calibrate
 from ..lazy_core.training.denoisers import ContextDenoiser, LabelDenoiser
-from ..lazy_core.training.sensitivity import CHAIN, ORDER, measure, measure_calls, schedule_bank
+from ..lazy_core.training.sensitivity import CHAIN, HISTORY, ORDER, measure, measure_calls, schedule_bank
 from ..lazy_core.training.train_gates import parser, train
 from .checks import answer, check_choice, check_number
 from .files import check_prefix, create_new
@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 OBJECTIVES = {"sensitivity": "sensitivity", "local (paper)": "local"}
 SCHEDULE_STEPS = 20                       # trajectories measured at DDIM 20; the plan serves any step count
 SCHEDULE_CALIBRATION = (10, 20, 30, 50)
-SCHEDULE_CALLS = measure_calls(SCHEDULE_STEPS, 1, CHAIN, modules=False)     # the same for every model depth
+# The same for every model depth: modules=False measures whole steps only.
+SCHEDULE_CALLS = measure_calls(SCHEDULE_STEPS, 1, CHAIN, modules=False, history=HISTORY)
 
 
 def check_training(step_counts, laziness_pressure, objective, filename_prefix=None):
@@ -217,7 +218,7 @@ class SensitivitySchedule(io.ComfyNode):
             mm.throw_exception_if_processing_interrupted()
             pbar.update_absolute(done, total)
         costs = measure(denoiser, steps=SCHEDULE_STEPS, images=images, cfg_scale=cfg, seed=seed, order=ORDER,
-                        chain=CHAIN, modules=False, on_progress=progress)
+                        chain=CHAIN, modules=False, history=HISTORY, on_progress=progress)
         gates = schedule_bank(denoiser, costs, recipe={"measure_steps": SCHEDULE_STEPS, "images": images,
                                                        "cfg_scale": cfg, "seed": seed, "measure_calls": costs.calls})
         gates.info.recipe["measure_seconds"] = round(costs.seconds, 1)

@@ -1,17 +1,19 @@
 """Comparison inside ComfyUI (not a test): every method runs through the real KSampler on the built-in demo
-model with the same labels, seeds and sampler, side by side in one run: exact; at about 30 % and 45 % lazy
-the learned gates, the sensitivity schedule, random decisions and fewer sampler steps at equal attention/MLP
-MACs; FORA-2, Δ-DiT, and ComfyUI's own EasyCache and LazyCache. Quality against the exact output (PSNR/SSIM)
-and against Fashion-MNIST (FID in the classifier's feature space, class accuracy); wall-clock speed-up; the
-attention + MLP MACs each method computed, as a share of the exact run's. With --dydit also the DyDiT demo
-model (fine-tuned from the same DiT at lambda = 0.5) sampled dynamically and as its complete model, and the
-step count with DyDiT's measured MACs.
+model with the same labels, seeds and sampler, side by side in one run: exact; at FORA's lazy shares near
+each --targets (50 %, 67 %, 75 % for intervals 2, 3, 4) the learned gates, the sensitivity schedule, random
+decisions in chains, fewer sampler steps at equal attention/MLP MACs and at the learned gates' wall time,
+FORA (repeat and extrapolated) and TaylorSeer (orders 1 and 2); Δ-DiT, and ComfyUI's own EasyCache and
+LazyCache. Quality against the exact output (PSNR/SSIM) and against Fashion-MNIST (FID in the classifier's
+feature space, class accuracy); wall-clock speed-up; the attention + MLP MACs each method computed, as a
+share of the exact run's. With --dydit also the DyDiT demo model (fine-tuned from the same DiT at lambda =
+0.5) sampled dynamically and as its complete model, and the step count with DyDiT's measured MACs.
 
     .venv/bin/python scripts/bench_comfy.py --steps 20 --per-class 30
     .venv/bin/python scripts/bench_comfy.py --steps 20 --per-class 30 --dydit --targets 0.5 --easycache
 """
 
 import argparse
+import math
 import os
 import time
 
@@ -39,7 +41,7 @@ def main(args):
     from lazydit.nodes.lazy_hook import LazySession, install, session_of
     from lazydit.nodes.lazy_nodes import ApplyLazyGates, LoadLazyGates
     from lazydit.nodes.loaders import DEMO, DYDIT_DEMO, LoadDiT
-    from lazydit.nodes.sibling_nodes import DeltaDiTNode, ForaNode
+    from lazydit.nodes.sibling_nodes import DeltaDiTNode, ForaNode, TaylorSeerNode
 
     model = LoadDiT.execute(DEMO, "auto").args[0]
     dydit = LoadDiT.execute(DYDIT_DEMO, "auto").args[0] if args.dydit else None
@@ -57,26 +59,33 @@ def main(args):
         return make
 
     def apply(g, ratio):
-        top = max(r for _, r in g.model.info.calibration)
+        bank = g.model
+        top = bank.expected_ratio(bank.threshold_for(1.0, args.steps), args.steps)
         lz = round(min(1.0, ratio / top), 2)
-        return lz, lambda m: ApplyLazyGates.execute(m, g, lz, 1, "auto", "auto").args[0]
+        return lz, lambda m: ApplyLazyGates.execute(m, g, lz, 4, "auto", "auto").args[0]
 
-    def random(ratio):
-        p = min(0.49, ratio * args.steps / (args.steps - 1))        # the first step always computes
-        options = CacheOptions(reuse="extrapolate")
-        return lambda m: install(m, LazySession(lambda: RandomLazy(p, seed=1), options, "random"))
+    def random(ratio, longest):
+        p = min(0.999 * longest / (longest + 1), ratio * args.steps / (args.steps - 1))   # step 0 computes
+        options = CacheOptions(reuse="extrapolate", max_lazy_steps=longest)
+        return lambda m: install(m, LazySession(lambda: RandomLazy(p, seed=1, longest=longest), options, "random"))
 
     methods = {"exact": (lambda m: m, args.steps)}
     for target in args.targets:
-        lz, make = apply(gates, target)
+        interval = max(2, round(1 / (1 - target)))
+        share = 1 - math.ceil(args.steps / interval) / args.steps          # FORA's share at this interval
+        lz, make = apply(gates, share)
         methods[f"learned gates @ {lz}"] = (make, args.steps)
-        lz, make = apply(schedule, target)
+        lz, make = apply(schedule, share)
         methods[f"sensitivity schedule @ {lz}"] = (make, args.steps)
-        methods[f"random {target:.0%}"] = (random(target), args.steps)
-        fewer = round(args.steps * (1 - target))
+        methods[f"random {share:.0%}"] = (random(share, gates.model.longest_chain), args.steps)
+        fewer = round(args.steps * (1 - share))
         methods[f"{fewer} steps"] = (lambda m: m, fewer)
-    methods["FORA interval 2"] = (lambda m: ForaNode.execute(m, 2).args[0], args.steps)
-    methods["FORA interval 2, extrapolated"] = (lambda m: ForaNode.execute(m, 2, "extrapolate").args[0], args.steps)
+        methods[f"FORA interval {interval}"] = (lambda m, n=interval: ForaNode.execute(m, n).args[0], args.steps)
+        methods[f"FORA interval {interval}, extrapolated"] = (
+            lambda m, n=interval: ForaNode.execute(m, n, "extrapolate").args[0], args.steps)
+        for order in (1, 2):
+            methods[f"TaylorSeer N={interval} O={order}"] = (
+                lambda m, n=interval, o=order: TaylorSeerNode.execute(m, n, o).args[0], args.steps)
     methods["Δ-DiT 3/6 blocks, N=2"] = (lambda m: DeltaDiTNode.execute(m, 0.5, 0.5, 2).args[0], args.steps)
     # Several reuse thresholds, so a row near LazyDiT's measured speed-up can be read off.
     for threshold in args.easycache:
@@ -117,6 +126,9 @@ def main(args):
                "macs": steps / args.steps * (sum(macs) / len(macs) if macs else 1.0)}
         if name.startswith(("EasyCache", "LazyCache")):
             row["macs"] = None                          # they skip whole steps; not counted here
+        if name.startswith("learned gates"):                  # fewer steps at the gates' wall time
+            same_time = max(1, round(args.steps * seconds / results["exact"]["seconds"]))
+            pending.insert(0, (f"{same_time} steps (learned gates' wall time)", (lambda m: m, same_time)))
         if name == "DyDiT dynamic (lambda 0.5)":
             fewer = round(args.steps * row["macs"])
             pending.append((f"{fewer} steps (DyDiT's MACs)", (lambda m: m, fewer)))
@@ -141,7 +153,8 @@ if __name__ == "__main__":
     p.add_argument("--scheduler", default="normal")
     p.add_argument("--per-class", type=int, default=30)
     p.add_argument("--batch", type=int, default=100)
-    p.add_argument("--targets", type=float, nargs="+", default=[0.3, 0.45], help="lazy ratios compared")
+    p.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.67, 0.75],
+                   help="lazy shares compared (each at FORA's share of the nearest interval)")
     p.add_argument("--easycache", type=float, nargs="*", default=[0.2],
                    help="EasyCache/LazyCache reuse thresholds (their default is 0.2)")
     p.add_argument("--dydit", action="store_true", help="add the DyDiT demo model's rows")

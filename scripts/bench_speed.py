@@ -42,11 +42,13 @@ def timed(fn, device):
 
 def run_calls(model, forward, policy, x, timesteps, RunState, plain=False):
     """Runs one call per timestep; returns the lazy ratio measured by the engine (0 for plain)."""
+    from lazydit.lazy_core.engine.cache import CacheOptions
+
     if plain:
         for t in timesteps:
             forward(x, t)
         return 0.0
-    state = RunState(policy)
+    state = RunState(policy, CacheOptions(max_lazy_steps=8))     # forced shares above 1/2 are chains
     half = x.shape[0] // 2
     for t in timesteps:
         # The timestep arrives on the device, as in ComfyUI: reading it would be a host sync.
@@ -146,6 +148,7 @@ def main(args):
                 "learned gates, r=0": (gates_never_lazy(model), False),
                 "forced r=0.25": (ForcedRatio(0.25, depth), False),
                 "forced r=0.50": (ForcedRatio(0.5, depth), False),
+                "forced r=0.67": (ForcedRatio(0.67, depth), False),
             }
             if args.only:
                 variants = {k: v for k, v in variants.items() if k == "unpatched" or k in args.only.split(",")}

@@ -33,7 +33,8 @@ from .denoisers import LabelDenoiser, as_denoiser
 
 EPS = 1e-20
 CHAIN = 4            # longest chain of lazy steps measured: 80 % lazy at 20 steps, where reuse saturates
-ORDER = 2            # the forecast measured and shipped: see the README's forecaster table
+ORDER = 1            # the forecast measured and shipped (the line): order 2 drifts more along a chain
+HISTORY = "periodic"  # chains measured with the history a chain plan leaves (see measure)
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Costs:
     order: int = 1
     chain: torch.Tensor = None       # (steps, longest, images): [i, l - 1] steps i .. i + l - 1 lazy; inf: n/a
     calls: int = 0                   # guided evaluations made
+    history: str = "exact"           # the computed outputs a chain's forecast started from (see measure)
 
 
 class _Holder:
@@ -242,7 +244,7 @@ def measure(model, steps=20, images=16, cfg_scale=4.0, seed=0, pooling="mean", o
         handle.detach()
     step_cost = costs[:, 0].clone()
     return Costs(list(ts), cost, features, gain, step_cost, coherent, time.perf_counter() - t0, reuse, order,
-                 costs, done[0])
+                 costs, done[0], history)
 
 
 #################################################################################
@@ -286,7 +288,7 @@ def _chains(costs):
 
 
 def _info(model, costs, buckets, pooling, recipe, level):
-    recipe = {**recipe, "reuse": costs.reuse, "order": costs.order}
+    recipe = {**recipe, "reuse": costs.reuse, "order": costs.order, "history": costs.history}
     den = as_denoiser(model)
     arch, depth, width = describe(den.model)
     grid = [round(i * 999 / (buckets - 1)) for i in range(buckets)]
@@ -391,7 +393,7 @@ def main(argv=None):
     n = model.config.num_classes
     denoiser = LabelDenoiser(model, parse_labels(args.labels, n, names_for(n)))
     costs = measure(denoiser, args.steps, args.images, args.cfg_scale, args.seed, reuse=args.reuse, order=args.order,
-                    chain=args.chain, modules=False)
+                    chain=args.chain, modules=False, history=HISTORY)
     bank = schedule_bank(model, costs, recipe={"measure_steps": args.steps, "images": args.images,
                                                "cfg_scale": args.cfg_scale, "seed": args.seed,
                                                "measure_seconds": round(costs.seconds, 1),

@@ -43,7 +43,7 @@ from ..models.dit import DiT
 from ..models.labels import parse_labels
 from . import launch
 from .denoisers import LabelDenoiser, as_denoiser
-from .sensitivity import CHAIN, LEVELS, ORDER, fit_gates, measure
+from .sensitivity import CHAIN, HISTORY, LEVELS, ORDER, fit_gates, measure
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ def train_sensitivity(denoiser, args, on_iter=None):
     t0 = time.time()
     costs = measure(denoiser, steps=args.measure_steps, images=args.images, cfg_scale=args.cfg_scale,
                     seed=args.seed, pooling=args.pooling, reuse=args.reuse, order=args.order, chain=args.chain,
-                    modules=args.level == "module",
+                    modules=args.level == "module", history=HISTORY,
                     on_progress=None if on_iter is None else lambda i, n: on_iter(i, n, float("nan")))
     recipe = {"measure_steps": args.measure_steps, "images": args.images, "cfg_scale": args.cfg_scale,
               "seed": args.seed}
