@@ -178,3 +178,17 @@ def test_fora_chains_with_taylor_forecasts_run_in_the_engine(model):
         assert run.report["ratio"] == pytest.approx(6 / 9)
     assert torch.allclose(outs["taylor", 1], outs["extrapolate", 1], atol=1e-5)
     assert not torch.allclose(outs["taylor", 2], outs["repeat", 1], atol=1e-4)
+
+
+def test_periodic_history_forecasts_from_the_steps_a_chain_plan_computes(model, chain_costs_measured):
+    """history="periodic" starts a chain of l steps at i from the outputs of steps i - 1, i - 1 - (l + 1):
+    the same as the exact history where only one output exists yet, different after; its call count is
+    what measure_calls says, and an unknown history is refused."""
+    periodic = S.measure(model, steps=STEPS, images=3, cfg_scale=CFG, seed=3, chain=3, modules=False, order=2,
+                         history="periodic")
+    exact = chain_costs_measured
+    assert periodic.calls == S.measure_calls(STEPS, 2, 3, modules=False, history="periodic") > exact.calls
+    assert torch.allclose(periodic.chain[1], exact.chain[1], rtol=1e-5)
+    assert not torch.allclose(periodic.chain[4:STEPS - 1, 0], exact.chain[4:STEPS - 1, 0], rtol=1e-3)
+    with pytest.raises(ValueError, match="unknown history 'x'"):
+        S.measure(model, steps=STEPS, images=1, chain=1, modules=False, history="x")

@@ -25,7 +25,7 @@ from .policies import Policy
 from .proxies import Attachment, module_macs
 from .report import summarize
 
-REUSE = forecast.FORECASTS
+REUSE = ("extrapolate", "repeat")     # what a node offers; "taylor" comes with its own node and order
 MAX_ORDER = 3
 NO_CACHE = 1 << 30          # a row's lazy run before its first computed output: larger than any limit
 
@@ -48,8 +48,8 @@ class CacheOptions:
     order: int = 1
 
     def __post_init__(self):
-        if self.reuse not in REUSE:
-            raise ValueError(f"reuse {self.reuse!r} is not one of {REUSE}")
+        if self.reuse not in forecast.FORECASTS:
+            raise ValueError(f"reuse {self.reuse!r} is not one of {forecast.FORECASTS}")
         if not 1 <= self.order <= MAX_ORDER:
             raise ValueError(f"forecast order {self.order} is not in 1..{MAX_ORDER}")
         if self.max_lazy_steps < 1:

@@ -196,7 +196,7 @@ class LearnedGates(Policy):
             self.threshold = float(self.gates.threshold_for(self.laziness, steps=len(timesteps)))
         if not self.cost or not len(timesteps):
             return
-        lam = float(torch.tensor(self.threshold).exp())
+        lam = math.exp(self.threshold)
         if self.gates.chain is not None and self.per_step:
             longest = min(max_run, self.gates.longest_chain)
             thr = chain_plan(chain_costs(self.gates, timesteps, longest), lam)

@@ -10,6 +10,7 @@ re-measures a gate file's table in place (for instance at the step counts you us
 
 import argparse
 import logging
+import math
 
 import torch
 
@@ -72,7 +73,7 @@ def plan_table(gates, step_counts, thresholds, measured=None):
         ts = space_timesteps(n)[::-1]
         costs = chain_costs(gates, ts, gates.longest_chain)
         if measured is None:
-            per_steps[n] = [[thr, round(plan_share(chain_plan(costs, float(torch.tensor(thr).exp()))), 4)]
+            per_steps[n] = [[thr, round(plan_share(chain_plan(costs, math.exp(thr))), 4)]
                             for thr in thresholds]
             continue
         from .sensitivity import interp_steps
@@ -84,7 +85,7 @@ def plan_table(gates, step_counts, thresholds, measured=None):
                              for k, b in enumerate(buckets)])                              # (n, images)
         rows = []
         for thr in thresholds:
-            limits = prior[:, None] + chain_plan(costs, float(torch.tensor(thr).exp()))     # (n, R + 1)
+            limits = prior[:, None] + chain_plan(costs, math.exp(thr))     # (n, R + 1)
             lazy = 0
             for i in range(logit.shape[1]):
                 r = 0

@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 from ..demo.fashion import names_for
-from ..engine.cache import REUSE
+from ..engine.forecast import FORECASTS
 from ..engine.gates import GateBank, GateInfo
 from ..engine.proxies import Attachment, describe
 from ..models.checkpoint import file_sha256, load_model
@@ -310,7 +310,7 @@ def parser():
     p.add_argument("--measure-steps", type=int, default=20, help="sensitivity: DDIM steps of the trajectories")
     p.add_argument("--level", choices=LEVELS, default="step", help="sensitivity: whole-step or module costs")
     p.add_argument("--chain", type=int, default=CHAIN, help="sensitivity: longest chain of lazy steps measured")
-    p.add_argument("--reuse", choices=REUSE, default="extrapolate", help="sensitivity: the forecast measured")
+    p.add_argument("--reuse", choices=FORECASTS, default="extrapolate", help="sensitivity: the forecast measured")
     p.add_argument("--order", type=int, default=ORDER, help="sensitivity: the forecast's order")
     p.add_argument("--source", choices=("self", "real"), default="self", help="local: data source")
     p.add_argument("--iters", type=int, default=500, help="paper: 500")
