@@ -165,9 +165,10 @@ class LazinessSweep(io.ComfyNode):
         net = exact_model.model.diffusion_model
         check_latent(net, latent_image)
         patch = session_of(model)
+        if gates is not None or patch is not None:
+            check_no_core_cache(model)                  # else the exact column would run first
         if gates is not None:
             gates.model.check_fits(*describe(net), name="gates")
-            check_no_core_cache(exact_model)
             options = CacheOptions(reuse="extrapolate")
             runs = [apply_gates(exact_model, gates, v, options, start_percent, end_percent)[0] for v in values[1:]]
             names = ["exact", *value_labels(values[1:])]

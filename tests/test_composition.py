@@ -112,3 +112,30 @@ def test_core_caches_are_refused_with_apply(comfy, clean_output, cache, order):
                                             f"of them: remove the {name} node"):
         comfy.run(workflow(chain, "refused", 0.5))
     assert not os.listdir(clean_output), "the sampler must not have run"
+
+
+@pytest.mark.parametrize("gates", [True, False], ids=["gates", "fora"])
+def test_sweep_refuses_a_core_cache_before_the_exact_column(comfy, gates):
+    """A Sweep of a MODEL carrying core EasyCache (with gates, or of a FORA patch) is refused before its first
+    model call, not after sampling the exact column."""
+    import comfy_extras.nodes_easycache as easycache
+    from lazydit.nodes.labels import ClassLabel, NullLabel
+    from lazydit.nodes.lazy_nodes import LoadLazyGates
+    from lazydit.nodes.loaders import LoadDemoVAE, LoadDiT
+    from lazydit.nodes.sibling_nodes import ForaNode
+    from lazydit.nodes.tuning import LazinessSweep
+
+    model = LoadDiT.execute(DEMO, "auto").args[0]
+    pos, neg = ClassLabel.execute(model, "Bag").args[0], NullLabel.execute(model).args[0]
+    lazy_gates = LoadLazyGates.execute(GATES).args[0] if gates else None
+    source = model if gates else ForaNode.execute(model, 2).args[0]
+    cached = easycache.EasyCacheNode.execute(source, 0.2, 0.0, 1.0, False).args[0]
+    calls = []
+    hook = model.model.diffusion_model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match="this MODEL carries core EasyCache as well as a LazyDiT patch"):
+            LazinessSweep.execute(cached, pos, neg, {"samples": torch.zeros(1, 4, 16, 16)},
+                                  LoadDemoVAE.execute().args[0], 0, 4, 4.0, "euler", "normal", "0.5", lazy_gates)
+    finally:
+        hook.remove()
+    assert not calls, f"{len(calls)} model calls before refusing"
