@@ -4,18 +4,13 @@ from comfy_api.latest import io
 
 from ..lazy_core.models.diffusion import space_timesteps
 from ..lazy_core.models.dydit import DyDiT, dense_macs, macs, summarize, width_table
-from .checks import answer, check_choice, check_number
+from .checks import Combo, Float, check_inputs
 from .dit_model import DySession, dy_session_of, with_dy_session
 from .lazy_nodes import CATEGORY
 from .lazy_report import render_widths
 
 MODES = {"dynamic": "sliced", "dense": "dense"}
 INFO_STEPS = 50
-
-
-def check_width(mode, threshold):
-    check_choice("mode", mode, MODES)
-    check_number("threshold", threshold, 0.05, 0.95, "the routers' decision point; 0.5 as trained")
 
 
 def dydit_of(model, node):
@@ -59,14 +54,14 @@ class DyDiTWidth(io.ComfyNode):
                         "A/B comparisons. A DyDiT checkpoint samples dynamically without this node.",
             inputs=[
                 io.Model.Input("model", tooltip="A DyDiT model (Load DiT Checkpoint with a DyDiT file)."),
-                io.Combo.Input("mode", options=list(MODES), default="dynamic",
-                               tooltip="dynamic = the routers decide (fast); dense = everything computes."),
+                Combo("mode", MODES, default="dynamic",
+                      tooltip="dynamic = the routers decide (fast); dense = everything computes."),
                 io.Boolean.Input("token_skip", default=True,
                                  tooltip="Let tokens the token routers pass over skip each block's MLP."),
-                io.Float.Input("threshold", default=0.5, min=0.05, max=0.95, step=0.01,
-                               display_mode=io.NumberDisplay.slider,
-                               tooltip="Where the routers decide (sigmoid of their logit above it = compute). "
-                                       "0.5 as trained; higher computes less and drifts more."),
+                Float("threshold", default=0.5, min=0.05, max=0.95, step=0.01,
+                      display_mode=io.NumberDisplay.slider,
+                      tooltip="Where the routers decide (sigmoid of their logit above it = compute). 0.5 as "
+                              "trained; higher computes less and drifts more."),
             ],
             outputs=[io.Model.Output(display_name="model"),
                      io.String.Output(display_name="info", tooltip="The widths the routers choose over a "
@@ -75,12 +70,8 @@ class DyDiTWidth(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, mode=None, threshold=None):
-        return answer(check_width, mode, threshold)
-
-    @classmethod
     def execute(cls, model, mode, token_skip, threshold):
-        check_width(mode, threshold)
+        check_inputs(cls, mode=mode, threshold=threshold)
         net = dydit_of(model, "DyDiT Width")
         session = DySession(MODES[mode], bool(token_skip), float(threshold))
         return io.NodeOutput(with_dy_session(model, session), describe_widths(net, threshold, mode, token_skip))

@@ -25,6 +25,26 @@ STREAM_LABELS = {0: "positive", 1: "negative"}
 
 register_block(PixArtMSBlock, "pixart")          # self-attention and MLP; cross-attention computes
 
+# Core caches (comfy_extras/nodes_easycache.py), by the key of their OUTER_SAMPLE wrapper. They skip whole
+# model calls and answer with a cached output, so a lazy module's last output would come from a step that
+# never ran; the lazy cache and theirs also count steps differently. One cache per MODEL.
+CORE_CACHES = {"easycache": "EasyCache", "lazycache": "LazyCache"}
+
+
+class CacheConflictError(ValueError):
+    """A MODEL carries both a LazyDiT patch and one of core ComfyUI's caches."""
+
+
+def check_no_core_cache(model):
+    """Raises CacheConflictError if core EasyCache or LazyCache patched `model` (a ModelPatcher)."""
+    for key, name in CORE_CACHES.items():
+        if model.get_wrappers(WRAPPERS.OUTER_SAMPLE, key):
+            raise CacheConflictError(
+                f"this MODEL carries core {name} as well as a LazyDiT patch: both make steps reuse earlier "
+                f"work, and {name}'s skipped model calls would leave the lazy cache with outputs of steps "
+                f"that never ran. Use one of them: remove the {name} node, or the LazyDiT node (Apply Lazy "
+                f"Gates, FORA, Δ-DiT)")
+
 
 class LazySession:
     """What a patched MODEL carries: how to make each run's policy, the cache options, the last report.
@@ -57,7 +77,11 @@ def run_timesteps(executor, args, kwargs):
 
 
 def outer_sample(session, executor, *args, **kwargs):
-    """One sampling run: a fresh RunState, freed whatever happens."""
+    """One sampling run: a fresh RunState, freed whatever happens. Refused before any model call if a core
+    cache was put on the MODEL after the LazyDiT node."""
+    patcher = getattr(getattr(executor, "class_obj", None), "model_patcher", None)
+    if patcher is not None:
+        check_no_core_cache(patcher)
     state = RunState(session.make_policy(), session.options, run_timesteps(executor, args, kwargs))
     previous, session.state = session.state, state
     try:
@@ -94,6 +118,7 @@ def apply_model(session, executor, x, t, c_concat=None, c_crossattn=None, contro
 def install(model, session):
     """A clone of `model` whose sampling runs go through `session`; replaces an earlier LazyDiT patch."""
     describe(model.model.diffusion_model)      # raises a clear error for models without supported blocks
+    check_no_core_cache(model)
     m = model.clone()
     for kind in (WRAPPERS.OUTER_SAMPLE, WRAPPERS.APPLY_MODEL):
         m.remove_wrappers_with_key(kind, KEY)

@@ -14,7 +14,7 @@ from ..lazy_core.engine.cache import REUSE, CacheOptions
 from ..lazy_core.engine.gates import GateBank
 from ..lazy_core.engine.policies import LearnedGates, NeverLazy
 from ..lazy_core.engine.proxies import describe
-from .checks import answer, check_choice, check_number, check_range
+from .checks import Combo, Float, check_inputs, check_range
 from .lazy_hook import LazySession, in_range, install, range_title, session_of, step_range
 from .lazy_report import render_heatmap
 
@@ -38,26 +38,14 @@ def gate_files():
     return [*BUILT_IN, *folder_paths.get_filename_list("lazy_gates")]
 
 
-def check_laziness(laziness):
-    check_number("laziness", laziness, 0.0, 1.0, "0 = exact, 1 = as lazy as the gates allow")
-
-
-def check_apply(laziness, cache_device, cache_dtype, reuse, start_percent=None, end_percent=None):
-    check_laziness(laziness)
-    check_choice("cache_device", cache_device, CACHE_DEVICES)
-    check_choice("cache_dtype", cache_dtype, CACHE_DTYPES)
-    check_choice("reuse", reuse, REUSE)
-    check_range(start_percent, end_percent)
-
-
 def range_inputs():
     """The optional step range every cache node appends (so saved workflows keep loading)."""
-    return [io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
-                           tooltip="Fraction of the schedule before which everything computes (0 = from the "
-                                   "first step). Keeping the start exact protects the composition."),
-            io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
-                           tooltip="Fraction of the schedule after which everything computes again (1 = to the "
-                                   "last step). Keeping the end exact protects fine detail.")]
+    return [Float("start_percent", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
+                  tooltip="Fraction of the schedule before which everything computes (0 = from the first "
+                          "step). Keeping the start exact protects the composition. At most end_percent."),
+            Float("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
+                  tooltip="Fraction of the schedule after which everything computes again (1 = to the last "
+                          "step). Keeping the end exact protects fine detail.")]
 
 
 def apply_gates(model, gates, laziness, options, start_percent=0.0, end_percent=1.0):
@@ -101,14 +89,10 @@ class LoadLazyGates(io.ComfyNode):
             category=CATEGORY,
             description="Loads trained LazyDiT gates (.safetensors from models/lazy_gates). The gates decide, per "
                         "image, block, module and step, whether attention or MLP may reuse its last output.",
-            inputs=[io.Combo.Input("gate_name", options=gate_files(), tooltip="Gate file in models/lazy_gates.")],
+            inputs=[Combo("gate_name", gate_files(), tooltip="Gate file in models/lazy_gates.")],
             outputs=[GATES.Output(display_name="gates"),
                      io.String.Output(display_name="info", tooltip="What the gates were trained for.")],
         )
-
-    @classmethod
-    def validate_inputs(cls, gate_name=None):
-        return answer(check_choice, "gate_name", gate_name, gate_files())
 
     @classmethod
     def execute(cls, gate_name):
@@ -132,20 +116,16 @@ class Laziness(io.ComfyNode):
             category=CATEGORY,
             description="One laziness value to drive several Apply Lazy Gates nodes. 0 = exact (never lazy); "
                         "1 = as lazy as the gates allow; in between the lazy share grows evenly.",
-            inputs=[io.Float.Input("laziness", default=DEFAULT_LAZINESS, min=0.0, max=1.0, step=0.01,
-                                   display_mode=io.NumberDisplay.slider,
-                                   tooltip="0 = exact, 1 = as lazy as the gates allow; the lazy share "
-                                           "grows evenly in between.")],
+            inputs=[Float("laziness", default=DEFAULT_LAZINESS, min=0.0, max=1.0, step=0.01,
+                          display_mode=io.NumberDisplay.slider,
+                          tooltip="0 = exact, 1 = as lazy as the gates allow; the lazy share grows evenly "
+                                  "in between.")],
             outputs=[io.Float.Output(display_name="laziness")],
         )
 
     @classmethod
-    def validate_inputs(cls, laziness=None):
-        return answer(check_laziness, laziness)
-
-    @classmethod
     def execute(cls, laziness):
-        check_laziness(laziness)
+        check_inputs(cls, laziness=laziness)
         return io.NodeOutput(laziness)
 
 
@@ -163,27 +143,27 @@ class ApplyLazyGates(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="A DiT or PixArt model."),
                 GATES.Input("gates", tooltip="Gates trained for this model (Load Lazy Gates)."),
-                io.Float.Input("laziness", default=DEFAULT_LAZINESS, min=0.0, max=1.0, step=0.01,
-                               display_mode=io.NumberDisplay.slider,
-                               tooltip="0 = exact (never lazy); 1 = as lazy as the gates allow (gates with "
-                                       "measured chains: about 80 % of the attention/MLP work at 20 steps; "
-                                       "older gates: half); the lazy share grows evenly in between, from the "
-                                       "gates' calibration table. Higher is faster and drifts more."),
+                Float("laziness", default=DEFAULT_LAZINESS, min=0.0, max=1.0, step=0.01,
+                      display_mode=io.NumberDisplay.slider,
+                      tooltip="0 = exact (never lazy); 1 = as lazy as the gates allow (gates with measured "
+                              "chains: about 80 % of the attention/MLP work at 20 steps; older gates: half); "
+                              "the lazy share grows evenly in between, from the gates' calibration table at "
+                              "the run's step count. Higher is faster and drifts more."),
                 io.Int.Input("max_lazy_steps", default=4, min=1, max=8,
                              tooltip="Most consecutive steps a module may stay lazy. Gates with measured "
                                      "chains plan chains up to their own longest (the demo gates: 4) and never "
                                      "beyond; set 1 to cap them at half. The paper's gates were trained for 1."),
-                io.Combo.Input("cache_device", options=list(CACHE_DEVICES), default="auto",
-                               tooltip="Where reusable outputs are kept: with the model (auto) or in system "
-                                       "RAM (cpu; saves VRAM, costs transfers)."),
-                io.Combo.Input("cache_dtype", options=list(CACHE_DTYPES), default="auto",
-                               tooltip="Precision of kept outputs: auto = as computed; float16/bfloat16 halve "
-                                       "the memory of a float32 model."),
-                io.Combo.Input("reuse", options=list(REUSE), default="extrapolate", optional=True,
-                               tooltip="How a lazy module stands in for its output: extrapolate = continue the "
-                                       "line through its last two outputs to this step (much closer to the "
-                                       "exact image, twice the cache memory); repeat = its last output, as "
-                                       "in the LazyDiT paper."),
+                Combo("cache_device", CACHE_DEVICES, default="auto",
+                      tooltip="Where reusable outputs are kept: with the model (auto) or in system "
+                              "RAM (cpu; saves VRAM, costs transfers)."),
+                Combo("cache_dtype", CACHE_DTYPES, default="auto",
+                      tooltip="Precision of kept outputs: auto = as computed; float16/bfloat16 halve "
+                              "the memory of a float32 model."),
+                Combo("reuse", REUSE, default="extrapolate", optional=True,
+                      tooltip="How a lazy module stands in for its output: extrapolate = continue the "
+                              "line through its last two outputs to this step (much closer to the "
+                              "exact image, twice the cache memory); repeat = its last output, as "
+                              "in the LazyDiT paper."),
                 *range_inputs(),
             ],
             outputs=[io.Model.Output(display_name="model"),
@@ -192,14 +172,11 @@ class ApplyLazyGates(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, laziness=None, cache_device=None, cache_dtype=None, reuse=None, start_percent=None,
-                        end_percent=None):
-        return answer(check_apply, laziness, cache_device, cache_dtype, reuse, start_percent, end_percent)
-
-    @classmethod
     def execute(cls, model, gates, laziness, max_lazy_steps, cache_device, cache_dtype, reuse="extrapolate",
                 start_percent=0.0, end_percent=1.0):
-        check_apply(laziness, cache_device, cache_dtype, reuse, start_percent, end_percent)
+        check_inputs(cls, laziness=laziness, max_lazy_steps=max_lazy_steps, cache_device=cache_device,
+                     cache_dtype=cache_dtype, reuse=reuse, start_percent=start_percent, end_percent=end_percent)
+        check_range(start_percent, end_percent)
         options = CacheOptions(max_lazy_steps=max_lazy_steps, dtype=CACHE_DTYPES[cache_dtype],
                                device=None if cache_device == "auto" else torch.device(cache_device), reuse=reuse)
         return io.NodeOutput(*apply_gates(model, gates, laziness, options, start_percent, end_percent))

@@ -104,6 +104,6 @@ def render_grid(columns, labels, cell=256):
 
 def render_difference(a, b, full_scale=0.25):
     """Per-pixel |a - b| (mean over channels) as a heat-map the size of the images: dark = equal, bright =
-    a difference of `full_scale` of the range or more. a, b: (N, H, W, C) float. Returns (N, H, W, 3)."""
-    diff = (a[..., :3] - b[..., :3]).abs().mean(-1).div(full_scale).clamp(0, 1).numpy()       # (N, H, W)
+    a difference of `full_scale` of the range or more, or NaN. a, b: (N, H, W, C) float. Returns (N, H, W, 3)."""
+    diff = (a[..., :3] - b[..., :3]).abs().mean(-1).div(full_scale).nan_to_num(1.0).clamp(0, 1).numpy()  # (N, H, W)
     return torch.from_numpy(_colour(diff)).float().div(255)

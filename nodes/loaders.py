@@ -8,7 +8,7 @@ from comfy_api.latest import io
 from ..lazy_core.models import pixel_latent
 from ..lazy_core.models.checkpoint import read_checkpoint
 from . import dit_model
-from .checks import answer, check_choice
+from .checks import Combo, check_inputs
 from .lazy_nodes import CATEGORY
 
 FOLDERS = ("checkpoints", "diffusion_models")
@@ -35,12 +35,6 @@ def resolve(name):
     raise FileNotFoundError(f"checkpoint {name!r} is not in models/checkpoints or models/diffusion_models")
 
 
-def check_loader(ckpt_name, latent, cfg_mode):
-    check_choice("ckpt_name", ckpt_name, checkpoint_files())
-    check_choice("latent", latent, LATENTS)
-    check_choice("cfg_mode", cfg_mode, dit_model.CFG_MODES)
-
-
 class LoadDiT(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -53,26 +47,21 @@ class LoadDiT(io.ComfyNode):
                         "demo model. DyDiT checkpoints (official layout, with width and token routers) load as "
                         "DyDiT and sample dynamically. The configuration is read from the weights.",
             inputs=[
-                io.Combo.Input("ckpt_name", options=checkpoint_files(), tooltip="Official .pt or .safetensors."),
-                io.Combo.Input("latent", options=list(LATENTS), default="auto",
-                               tooltip="Latent space: sd15 = the SD VAE the official DiT uses; pixel = the demo "
-                                       "model's VAE stand-in; auto = pixel for 10-class models, else sd15."),
-                io.Combo.Input("cfg_mode", options=list(dit_model.CFG_MODES), default=dit_model.CFG_MODES[0],
-                               optional=True,
-                               tooltip="What guidance (cfg) acts on: all channels = all four eps channels "
-                                       "(ComfyUI's usual CFG); official DiT (3 channels) = the first three, "
-                                       "as facebookresearch/DiT samples (its forward_with_cfg)."),
+                Combo("ckpt_name", checkpoint_files(), tooltip="Official .pt or .safetensors."),
+                Combo("latent", LATENTS, default="auto",
+                      tooltip="Latent space: sd15 = the SD VAE the official DiT uses; pixel = the demo model's "
+                              "VAE stand-in; auto = pixel for 10-class models, else sd15."),
+                Combo("cfg_mode", dit_model.CFG_MODES, default=dit_model.CFG_MODES[0], optional=True,
+                      tooltip="What guidance (cfg) acts on: all channels = all four eps channels (ComfyUI's "
+                              "usual CFG); official DiT (3 channels) = the first three, as facebookresearch/DiT "
+                              "samples (its forward_with_cfg)."),
             ],
             outputs=[io.Model.Output(display_name="model")],
         )
 
     @classmethod
-    def validate_inputs(cls, ckpt_name=None, latent=None, cfg_mode=None):
-        return answer(check_loader, ckpt_name, latent, cfg_mode)
-
-    @classmethod
     def execute(cls, ckpt_name, latent, cfg_mode=dit_model.CFG_MODES[0]):
-        check_loader(None, latent, cfg_mode)      # a missing file is resolve()'s error
+        check_inputs(cls, latent=latent, cfg_mode=cfg_mode)      # a missing file is resolve()'s error
         sd, config = read_checkpoint(resolve(ckpt_name), ckpt_name)
         model = dit_model.build(sd, latent, ckpt_name, config=config)
         if cfg_mode == dit_model.CFG_MODES[1]:

@@ -7,20 +7,9 @@ from comfy_api.latest import io
 from ..lazy_core.engine.cache import MAX_ORDER, REUSE, CacheOptions
 from ..lazy_core.engine.policies import DeltaDiT, Fora, TaylorSeer
 from ..lazy_core.engine.proxies import describe
-from .checks import answer, check_choice, check_number, check_range
+from .checks import Combo, Float, check_inputs, check_range
 from .lazy_hook import LazySession, in_range, install, percent_to_timestep, range_title, step_range
 from .lazy_nodes import CATEGORY, range_inputs
-
-
-def check_delta(cached_share, boundary_percent, start_percent=None, end_percent=None):
-    check_number("cached_share", cached_share, 0.05, 1.0, "the share of blocks whose work is reused")
-    check_number("boundary_percent", boundary_percent, 0.0, 1.0, "where in the schedule caching moves to the front")
-    check_range(start_percent, end_percent)
-
-
-def check_fora(reuse, start_percent=None, end_percent=None):
-    check_choice("reuse", reuse, REUSE)
-    check_range(start_percent, end_percent)
 
 
 class DeltaDiTNode(io.ComfyNode):
@@ -37,12 +26,12 @@ class DeltaDiTNode(io.ComfyNode):
                         "or PixArt model, no gates needed.",
             inputs=[
                 io.Model.Input("model", tooltip="A DiT or PixArt model."),
-                io.Float.Input("cached_share", default=0.5, min=0.05, max=1.0, step=0.05,
-                               tooltip="Share of the blocks whose work is reused between refreshes."),
-                io.Float.Input("boundary_percent", default=0.5, min=0.0, max=1.0, step=0.01,
-                               display_mode=io.NumberDisplay.slider,
-                               tooltip="Point of the sampling schedule where caching moves from the rear "
-                                       "blocks (outline stage) to the front blocks (detail stage)."),
+                Float("cached_share", default=0.5, min=0.05, max=1.0, step=0.05,
+                      tooltip="Share of the blocks whose work is reused between refreshes."),
+                Float("boundary_percent", default=0.5, min=0.0, max=1.0, step=0.01,
+                      display_mode=io.NumberDisplay.slider,
+                      tooltip="Point of the sampling schedule where caching moves from the rear blocks "
+                              "(outline stage) to the front blocks (detail stage)."),
                 io.Int.Input("interval", default=2, min=1, max=10,
                              tooltip="A full step every N steps; 1 = never reuse (exact)."),
                 *range_inputs(),
@@ -51,12 +40,10 @@ class DeltaDiTNode(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, cached_share=None, boundary_percent=None, start_percent=None, end_percent=None):
-        return answer(check_delta, cached_share, boundary_percent, start_percent, end_percent)
-
-    @classmethod
     def execute(cls, model, cached_share, boundary_percent, interval, start_percent=0.0, end_percent=1.0):
-        check_delta(cached_share, boundary_percent, start_percent, end_percent)
+        check_inputs(cls, cached_share=cached_share, boundary_percent=boundary_percent, interval=interval,
+                     start_percent=start_percent, end_percent=end_percent)
+        check_range(start_percent, end_percent)
         _, depth, _ = describe(model.model.diffusion_model)
         blocks = max(1, min(depth, round(cached_share * depth)))
         boundary = percent_to_timestep(model, boundary_percent)
@@ -80,21 +67,18 @@ class ForaNode(io.ComfyNode):
                 io.Model.Input("model", tooltip="A DiT or PixArt model."),
                 io.Int.Input("interval", default=3, min=1, max=10,
                              tooltip="Compute every N-th step (FORA's default is 3); 1 = exact."),
-                io.Combo.Input("reuse", options=list(REUSE), default="repeat", optional=True,
-                               tooltip="repeat = FORA as published; extrapolate = continue the line through "
-                                       "the last two computed outputs (closer to exact, twice the memory)."),
+                Combo("reuse", REUSE, default="repeat", optional=True,
+                      tooltip="repeat = FORA as published; extrapolate = continue the line through the last "
+                              "two computed outputs (closer to exact, twice the memory)."),
                 *range_inputs(),
             ],
             outputs=[io.Model.Output(display_name="model")],
         )
 
     @classmethod
-    def validate_inputs(cls, reuse=None, start_percent=None, end_percent=None):
-        return answer(check_fora, reuse, start_percent, end_percent)
-
-    @classmethod
     def execute(cls, model, interval, reuse="repeat", start_percent=0.0, end_percent=1.0):
-        check_fora(reuse, start_percent, end_percent)
+        check_inputs(cls, interval=interval, reuse=reuse, start_percent=start_percent, end_percent=end_percent)
+        check_range(start_percent, end_percent)
         describe(model.model.diffusion_model)
         options = CacheOptions(max_lazy_steps=max(1, interval - 1), reuse=reuse)
         make_policy = in_range(functools.partial(Fora, interval), step_range(model, start_percent, end_percent))
@@ -129,13 +113,9 @@ class TaylorSeerNode(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, start_percent=None, end_percent=None):
-        return answer(check_range, start_percent, end_percent)
-
-    @classmethod
     def execute(cls, model, interval, order, start_percent=0.0, end_percent=1.0):
+        check_inputs(cls, interval=interval, order=order, start_percent=start_percent, end_percent=end_percent)
         check_range(start_percent, end_percent)
-        check_number("order", order, 1, MAX_ORDER, "the Taylor order")
         describe(model.model.diffusion_model)
         options = CacheOptions(max_lazy_steps=max(1, interval - 1), reuse="taylor", order=order)
         make_policy = in_range(functools.partial(TaylorSeer, interval), step_range(model, start_percent, end_percent))

@@ -19,9 +19,10 @@ from ..lazy_core.training.calibrate import calibrate
 from ..lazy_core.training.denoisers import ContextDenoiser, LabelDenoiser
 from ..lazy_core.training.sensitivity import CHAIN, HISTORY, ORDER, measure, measure_calls, schedule_bank
 from ..lazy_core.training.train_gates import parser, train
-from .checks import answer, check_choice, check_number
+from .checks import Combo, Float, answer, check_inputs
 from .files import check_prefix, create_new
 from .lazy_nodes import CATEGORY, GATES
+from .work import interruptible
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +31,6 @@ SCHEDULE_STEPS = 20                       # trajectories measured at DDIM 20; th
 SCHEDULE_CALIBRATION = (10, 20, 30, 50)
 # The same for every model depth: modules=False measures whole steps only.
 SCHEDULE_CALLS = measure_calls(SCHEDULE_STEPS, 1, CHAIN, modules=False, history=HISTORY)
-
-
-def check_training(step_counts, laziness_pressure, objective, filename_prefix=None):
-    check_prefix(filename_prefix)
-    if step_counts is not None:
-        parse_step_counts(step_counts)
-    check_number("laziness_pressure", laziness_pressure, 0.0, 0.1, "the paper's range is 1e-7 .. 1e-2")
-    check_choice("objective", objective, OBJECTIVES)
-
-
-def check_schedule(cfg, filename_prefix=None):
-    check_prefix(filename_prefix)
-    check_number("cfg", cfg, 1.0, 20.0, "the guidance scale you sample with")
 
 
 def make_denoiser(model, labels, positive, negative, latent):
@@ -87,8 +75,8 @@ class TrainLazyGates(io.ComfyNode):
                 io.Int.Input("iterations", default=300, min=10, max=20000, tooltip="Training iterations "
                              "(paper: 500)."),
                 io.Int.Input("batch", default=32, min=2, max=1024, step=2, tooltip="Rows per iteration."),
-                io.Float.Input("laziness_pressure", default=1e-4, min=0.0, max=0.1, step=1e-5, round=1e-7,
-                               tooltip="ρ: higher trains lazier gates (paper range 1e-7 .. 1e-2)."),
+                Float("laziness_pressure", default=1e-4, min=0.0, max=0.1, step=1e-5, round=1e-7,
+                      tooltip="ρ: higher trains lazier gates (paper range 1e-7 .. 1e-2)."),
                 io.String.Input("step_counts", default="10,20,30,50",
                                 tooltip="Step counts whose step sizes the gates learn."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
@@ -99,23 +87,25 @@ class TrainLazyGates(io.ComfyNode):
                 io.Conditioning.Input("negative", optional=True, tooltip="PixArt: the uncond prompt."),
                 io.Latent.Input("latent", optional=True, tooltip="PixArt: an empty latent of the size to train "
                                                                  "at (gates are trained per token count)."),
-                io.Combo.Input("objective", options=list(OBJECTIVES), default="sensitivity", optional=True,
-                               tooltip="sensitivity: gates that see the final image; `batch` trajectories of "
-                                       "20 steps are measured (iterations and pressure are not used). "
-                                       "local (paper): the paper's recipe."),
+                Combo("objective", OBJECTIVES, default="sensitivity", optional=True,
+                      tooltip="sensitivity: gates that see the final image; `batch` trajectories of 20 steps "
+                              "are measured (iterations and pressure are not used). local (paper): the "
+                              "paper's recipe."),
             ],
             outputs=[GATES.Output(display_name="gates"), io.String.Output(display_name="log")],
             is_output_node=True,
         )
 
     @classmethod
-    def validate_inputs(cls, step_counts=None, laziness_pressure=None, objective=None, filename_prefix=None):
-        return answer(check_training, step_counts, laziness_pressure, objective, filename_prefix)
+    def validate_inputs(cls, filename_prefix=None):
+        return answer(check_prefix, filename_prefix)
 
     @classmethod
     def execute(cls, model, labels, iterations, batch, laziness_pressure, step_counts, seed, filename_prefix,
                 positive=None, negative=None, latent=None, objective="sensitivity"):
-        check_training(step_counts, laziness_pressure, objective, filename_prefix)
+        check_inputs(cls, iterations=iterations, batch=batch, laziness_pressure=laziness_pressure, seed=seed,
+                     objective=objective)
+        check_prefix(filename_prefix)
         counts = parse_step_counts(step_counts)
         mm.load_models_gpu([model])                # first: the denoiser works where the model now is
         denoiser = make_denoiser(model, labels, positive, negative, latent)
@@ -129,9 +119,10 @@ class TrainLazyGates(io.ComfyNode):
         def on_iter(i, total, loss):
             losses.append(loss)
             pbar.update_absolute(i, total)
-        with torch.inference_mode(False), torch.enable_grad():
-            gates = train(denoiser, args, on_iter=on_iter)
-        path = finish(gates, denoiser, counts, filename_prefix)
+        with interruptible(denoiser.model):
+            with torch.inference_mode(False), torch.enable_grad():
+                gates = train(denoiser, args, on_iter=on_iter)
+            path = finish(gates, denoiser, counts, filename_prefix)
         if args.objective == "local":
             done = f"loss {losses[0]:.5f} -> {losses[-1]:.5f} over {iterations} iterations"
         else:
@@ -189,8 +180,7 @@ class SensitivitySchedule(io.ComfyNode):
                                                                   "'1, 5, 9' or demo class names."),
                 io.Int.Input("images", default=16, min=2, max=256, tooltip="Trajectories measured; more is "
                              "steadier and slower."),
-                io.Float.Input("cfg", default=4.0, min=1.0, max=20.0, step=0.1,
-                               tooltip="Guidance scale you sample with."),
+                Float("cfg", default=4.0, min=1.0, max=20.0, step=0.1, tooltip="Guidance scale you sample with."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
                 io.String.Input("filename_prefix", default="lazydit_schedule"),
                 io.Conditioning.Input("positive", optional=True, tooltip="PixArt: prompts to measure on."),
@@ -203,26 +193,26 @@ class SensitivitySchedule(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, cfg=None, filename_prefix=None):
-        return answer(check_schedule, cfg, filename_prefix)
+    def validate_inputs(cls, filename_prefix=None):
+        return answer(check_prefix, filename_prefix)
 
     @classmethod
     def execute(cls, model, labels, images, cfg, seed, filename_prefix, positive=None, negative=None,
                 latent=None):
-        check_schedule(cfg, filename_prefix)
+        check_inputs(cls, images=images, cfg=cfg, seed=seed)
+        check_prefix(filename_prefix)
         mm.load_models_gpu([model])
         denoiser = make_denoiser(model, labels, positive, negative, latent)
         pbar = comfy.utils.ProgressBar(SCHEDULE_CALLS)
-
-        def progress(done, total):
-            mm.throw_exception_if_processing_interrupted()
-            pbar.update_absolute(done, total)
-        costs = measure(denoiser, steps=SCHEDULE_STEPS, images=images, cfg_scale=cfg, seed=seed, order=ORDER,
-                        chain=CHAIN, modules=False, history=HISTORY, on_progress=progress)
-        gates = schedule_bank(denoiser, costs, recipe={"measure_steps": SCHEDULE_STEPS, "images": images,
-                                                       "cfg_scale": cfg, "seed": seed, "measure_calls": costs.calls})
-        gates.info.recipe["measure_seconds"] = round(costs.seconds, 1)
-        path = finish(gates, denoiser, SCHEDULE_CALIBRATION, filename_prefix)
+        with interruptible(denoiser.model):
+            costs = measure(denoiser, steps=SCHEDULE_STEPS, images=images, cfg_scale=cfg, seed=seed, order=ORDER,
+                            chain=CHAIN, modules=False, history=HISTORY,
+                            on_progress=lambda i, n: pbar.update_absolute(i, n))
+            gates = schedule_bank(denoiser, costs, recipe={"measure_steps": SCHEDULE_STEPS, "images": images,
+                                                           "cfg_scale": cfg, "seed": seed,
+                                                           "measure_calls": costs.calls})
+            gates.info.recipe["measure_seconds"] = round(costs.seconds, 1)
+            path = finish(gates, denoiser, SCHEDULE_CALIBRATION, filename_prefix)
         text = (f"saved {shown(path)}; measured {images} trajectories in {costs.calls} model calls, "
                 f"{costs.seconds:.0f} s; {calibration_text(gates)}")
         log.info(text)

@@ -11,14 +11,21 @@ import latent_preview
 import torch
 from comfy_api.latest import io
 
-from ..lazy_core.demo.metrics import psnr, ssim
+from ..lazy_core.demo.metrics import STRIP_ROWS, WINDOW, pair_scores, psnr_of, summarize_psnr
 from ..lazy_core.engine.cache import CacheOptions
-from .lazy_hook import session_of, uninstall
+from ..lazy_core.engine.proxies import describe
+from .checks import Combo, Float, answer, check_inputs, check_range, short
+from .lazy_hook import check_no_core_cache, session_of, uninstall
 from .lazy_nodes import CATEGORY, GATES, apply_gates, range_inputs
 from .lazy_report import render_difference, render_grid
+from .work import interruptible
 
 DEFAULT_VALUES = "0, 0.25, 0.5, 0.75, 1"
 MAX_VALUES = 12
+MAX_STEPS = 1000             # per column; a sweep samples at most (MAX_VALUES + 1) x MAX_STEPS steps
+MAX_ROWS = 16                # images per column (the latent's batch)
+MAX_SIDE = 4096              # pixels (latent side x 8) of a model without a fixed size, e.g. PixArt
+MAX_COMPARE_PIXELS = 16 * 4096 * 4096    # per Compare batch: 16 images of 4096 x 4096
 _exact = {}              # fingerprint -> the last exact run (samples, seconds): a changed list reuses it
 
 
@@ -28,11 +35,11 @@ def parse_values(text):
     try:
         values = sorted({float(p) for p in parts})
     except ValueError:
-        raise ValueError(f"laziness_values = {text!r} is not a list of numbers: write them separated by commas, "
-                         f"e.g. {DEFAULT_VALUES!r}") from None
+        raise ValueError(f"laziness_values = {short(text)} is not a list of numbers: write them separated by "
+                         f"commas, e.g. {DEFAULT_VALUES!r}") from None
     if not values or any(not 0 <= v <= 1 for v in values) or len(values) > MAX_VALUES:
-        raise ValueError(f"laziness_values = {text!r} must hold 1 to {MAX_VALUES} numbers in 0..1 (0 = exact, 1 = as "
-                         f"lazy as the gates allow), e.g. {DEFAULT_VALUES!r}")
+        raise ValueError(f"laziness_values = {short(text)} must hold 1 to {MAX_VALUES} numbers in 0..1 (0 = exact, "
+                         f"1 = as lazy as the gates allow), e.g. {DEFAULT_VALUES!r}")
     return values if values[0] == 0 else [0.0, *values]        # the exact run is every column's reference
 
 
@@ -76,6 +83,34 @@ def sample(model, noise, latent, steps, cfg, sampler_name, scheduler, positive, 
     return samples, time.perf_counter() - started
 
 
+def value_labels(values):
+    """'laziness 0.25' per value, with as many decimals (2 to 12) as it takes to tell them apart."""
+    for digits in range(2, 13):
+        names = [f"{v:.{digits}f}" for v in values]
+        if len(set(names)) == len(names):
+            break
+    else:
+        names = [repr(v) for v in values]
+    return [f"laziness {n}" for n in names]
+
+
+def check_latent(net, latent):
+    """Refuses, before any sampling, a latent the model cannot draw or one past the sweep's limits."""
+    samples = latent["samples"]
+    rows, (h, w) = samples.shape[0], samples.shape[-2:]
+    side = getattr(getattr(net, "config", None), "input_size", None)
+    if side is not None and (h, w) != (side, side):
+        raise ValueError(f"latent_image is {w * 8}x{h * 8} px (latent {w}x{h}), but this DiT draws only "
+                         f"{side * 8}x{side * 8} (its position embedding has a fixed size): set the empty "
+                         f"latent to {side * 8}x{side * 8}")
+    if max(h, w) * 8 > MAX_SIDE:
+        raise ValueError(f"latent_image is {w * 8}x{h * 8} px, larger than the sweep's {MAX_SIDE} px per side: "
+                         f"sweep at a smaller size (the laziness that works carries over)")
+    if rows > MAX_ROWS:
+        raise ValueError(f"latent_image holds {rows} images, more than the sweep's {MAX_ROWS} rows: use a "
+                         f"batch of at most {MAX_ROWS}")
+
+
 class LazinessSweep(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -85,22 +120,25 @@ class LazinessSweep(io.ComfyNode):
             category=CATEGORY,
             description="Samples the same seed and prompt at several laziness values and draws one grid: a column "
                         "per value (the exact run first), a row per image, each labelled with the lazy share "
-                        "measured, the sampling time and its PSNR against the exact column. Without gates it "
-                        "compares the MODEL's own LazyDiT patch (FORA, Δ-DiT, ...) with the exact run.",
+                        "measured, the sampling time and its PSNR against the exact column (median, min-max "
+                        "over the rows). Without gates it compares the MODEL's own LazyDiT patch (FORA, Δ-DiT, "
+                        "...) with the exact run.",
             inputs=[
                 io.Model.Input("model", tooltip="A DiT or PixArt model (a LazyDiT patch on it is replaced)."),
                 io.Conditioning.Input("positive"),
                 io.Conditioning.Input("negative"),
-                io.Latent.Input("latent_image"),
+                io.Latent.Input("latent_image", tooltip=f"At most {MAX_ROWS} images of at most {MAX_SIDE} px "
+                                                        f"per side (a DiT: its own size)."),
                 io.Vae.Input("vae", tooltip="Decodes each column for the grid."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True),
-                io.Int.Input("steps", default=20, min=1, max=10000),
-                io.Float.Input("cfg", default=4.0, min=0.0, max=100.0, step=0.1, round=0.01),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler"),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal"),
+                io.Int.Input("steps", default=20, min=1, max=MAX_STEPS,
+                             tooltip=f"Sampler steps per column (at most {MAX_STEPS})."),
+                Float("cfg", default=4.0, min=0.0, max=100.0, step=0.1, round=0.01),
+                Combo("sampler_name", comfy.samplers.KSampler.SAMPLERS, default="euler"),
+                Combo("scheduler", comfy.samplers.KSampler.SCHEDULERS, default="normal"),
                 io.String.Input("laziness_values", default=DEFAULT_VALUES,
-                                tooltip="Comma-separated laziness values (0..1) to draw; 0 (exact) is always "
-                                        "drawn first, as the reference."),
+                                tooltip=f"Comma-separated laziness values (0..1, at most {MAX_VALUES}) to draw; "
+                                        f"0 (exact) is always drawn first, as the reference."),
                 GATES.Input("gates", optional=True,
                             tooltip="Gates for the model (Load Lazy Gates). Left out: the MODEL's own LazyDiT "
                                     "patch is drawn next to the exact run."),
@@ -112,26 +150,30 @@ class LazinessSweep(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, laziness_values=None, **_):
-        if laziness_values is not None:
-            try:
-                parse_values(laziness_values)
-            except ValueError as err:
-                return str(err)
-        return True
+    def validate_inputs(cls, laziness_values=None):
+        return True if laziness_values is None else answer(parse_values, laziness_values)
 
     @classmethod
     def execute(cls, model, positive, negative, latent_image, vae, seed, steps, cfg, sampler_name, scheduler,
                 laziness_values, gates=None, start_percent=0.0, end_percent=1.0):
+        # Everything that can fail is checked before the first model call (the exact column is a full run).
+        check_inputs(cls, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler,
+                     start_percent=start_percent, end_percent=end_percent)
+        check_range(start_percent, end_percent)
+        values = parse_values(laziness_values)
         exact_model = uninstall(model)
+        net = exact_model.model.diffusion_model
+        check_latent(net, latent_image)
         patch = session_of(model)
+        if gates is not None or patch is not None:
+            check_no_core_cache(model)                  # else the exact column would run first
         if gates is not None:
+            gates.model.check_fits(*describe(net), name="gates")
             options = CacheOptions(reuse="extrapolate")
-            runs = [(v, lambda v=v: apply_gates(exact_model, gates, v, options, start_percent, end_percent)[0])
-                    for v in parse_values(laziness_values)[1:]]
-            names = ["exact", *(f"laziness {v:.2f}" for v, _ in runs)]
+            runs = [apply_gates(exact_model, gates, v, options, start_percent, end_percent)[0] for v in values[1:]]
+            names = ["exact", *value_labels(values[1:])]
         elif patch is not None:
-            runs, names = [(None, lambda: model)], ["exact", patch.title]
+            runs, names = [model], ["exact", patch.title]
         else:
             raise ValueError("Laziness Sweep needs gates (connect Load Lazy Gates) or a MODEL patched by a LazyDiT "
                              "node (Apply Lazy Gates, FORA Cache, Δ-DiT Cache) to compare with the exact run")
@@ -151,34 +193,35 @@ class LazinessSweep(io.ComfyNode):
 
         key = fingerprint(exact_model, positive, negative, latent, seed, steps, cfg, sampler_name, scheduler)
         reused = key in _exact
-        if reused:
-            exact, exact_seconds = _exact[key]
-            bar.update_absolute(steps, total)
-        else:
-            exact, exact_seconds = sample(exact_model, noise, latent, steps, cfg, sampler_name, scheduler, positive,
-                                          negative, seed, progress(0))
-            _exact.clear()                                   # keep one: a reference costs a full run
-            _exact[key] = (exact.cpu(), exact_seconds)
-        columns = [(exact, exact_seconds, 0.0)]
-        for i, (_, make) in enumerate(runs):
-            lazy_model = make()
-            samples, seconds = sample(lazy_model, noise, latent, steps, cfg, sampler_name, scheduler, positive,
-                                      negative, seed, progress(steps * (i + 1)))
-            report = session_of(lazy_model).report
-            columns.append((samples, seconds, report["ratio"] if report else 0.0))
+        with interruptible(net):
+            if reused:
+                exact, exact_seconds = _exact[key]
+                bar.update_absolute(steps, total)
+            else:
+                exact, exact_seconds = sample(exact_model, noise, latent, steps, cfg, sampler_name, scheduler,
+                                              positive, negative, seed, progress(0))
+                _exact.clear()                               # keep one: a reference costs a full run
+                _exact[key] = (exact.cpu(), exact_seconds)
+            columns = [(exact, exact_seconds, 0.0)]
+            for i, lazy_model in enumerate(runs):
+                samples, seconds = sample(lazy_model, noise, latent, steps, cfg, sampler_name, scheduler, positive,
+                                          negative, seed, progress(steps * (i + 1)))
+                report = session_of(lazy_model).report
+                columns.append((samples, seconds, report["ratio"] if report else 0.0))
 
         images = [vae.decode(samples.to(mm.intermediate_device())).float().cpu().clamp(0, 1)
                   for samples, _, _ in columns]                                   # each (B, H, W, C)
         if len(images[0].shape) == 5:                                              # video VAEs: first frame
             images = [im[:, 0] for im in images]
-        ref = images[0].movedim(-1, 1)
+        ref = images[0]
         labels, lines = [], []
         for name, image, (_, seconds, share) in zip(names, images, columns):
-            scores = [psnr(image[b:b + 1].movedim(-1, 1), ref[b:b + 1]) for b in range(len(image))]
-            mean = sum(scores) / len(scores)
+            scores = [psnr_of(float((image[b].double() - ref[b].double()).square().mean())) for b in range(len(image))]
+            _, quality, label = summarize_psnr(scores)
             speed = exact_seconds / seconds if seconds > 0 else float("nan")
-            quality = "reference" if name == "exact" else f"PSNR {mean:.1f} dB"
-            labels.append([name, f"{share:.0%} lazy, {seconds:.1f} s ({speed:.2f}x)", quality])
+            if name == "exact":
+                quality = label = "reference"
+            labels.append([name, f"{share:.0%} lazy, {seconds:.1f} s ({speed:.2f}x)", label])
             lines.append(f"{name}: {share:.1%} of attention/MLP modules lazy, {seconds:.2f} s ({speed:.2f}x), "
                          f"{quality}" + (" (exact run reused from the last sweep)" if reused and name == "exact"
                                          else ""))
@@ -193,37 +236,69 @@ class Compare(io.ComfyNode):
             node_id="LazyDiT_Compare",
             display_name="LazyDiT Compare Images",
             category=CATEGORY,
-            description="How far image_b is from image_a (say, a lazy run from the exact one): PSNR and SSIM "
-                        "per image and on average, and a heat-map of the per-pixel difference (dark = same, "
-                        "bright = differs by a quarter of the range or more).",
+            description="How far image_b is from image_a (say, a lazy run from the exact one): PSNR (median, min "
+                        "and max over the batch) and SSIM per image, and a heat-map of the per-pixel difference "
+                        "(dark = same, bright = differs by a quarter of the range or more, or NaN). Works in "
+                        f"strips of {STRIP_ROWS} rows, so memory stays bounded; at most {MAX_COMPARE_PIXELS >> 20} "
+                        "megapixels per batch.",
             inputs=[io.Image.Input("image_a", tooltip="The reference, e.g. the exact run."),
                     io.Image.Input("image_b", tooltip="The images to score; a batch of one is compared with "
                                                       "every image_a, and the other way round.")],
             outputs=[io.Image.Output(display_name="difference"),
-                     io.Float.Output(display_name="psnr"),
-                     io.Float.Output(display_name="ssim"),
+                     io.Float.Output(display_name="psnr", tooltip="Median PSNR over the batch (inf: identical)."),
+                     io.Float.Output(display_name="ssim", tooltip="Mean SSIM over the images without NaN."),
                      io.String.Output(display_name="text")],
         )
 
     @classmethod
     def execute(cls, image_a, image_b):
-        a, b = image_a.float().cpu(), image_b.float().cpu()
-        if a.shape[1:] != b.shape[1:] or (len(a) != len(b) and 1 not in (len(a), len(b))):
-            raise ValueError(f"Compare needs images of one size: image_a is {len(a)} x {a.shape[2]}x{a.shape[1]}, "
-                             f"image_b {len(b)} x {b.shape[2]}x{b.shape[1]} (batch x width x height); compare runs "
-                             f"of the same latent size (equal batches, or a batch of one)")
-        n = max(len(a), len(b))
+        a, b = image_a.float().cpu(), image_b.float().cpu()                   # (N, H, W, C), no copy if so
+        check_pair(a, b)
+        n, h, w = max(len(a), len(b)), a.shape[1], a.shape[2]
         a, b = a.expand(n, *a.shape[1:]), b.expand(n, *b.shape[1:])
-        pa, pb = a.movedim(-1, 1).clamp(0, 1), b.movedim(-1, 1).clamp(0, 1)
-        psnrs = [psnr(pa[i:i + 1], pb[i:i + 1]) for i in range(n)]
-        small = min(a.shape[1], a.shape[2]) < 11                   # SSIM's 11-px window does not fit
-        ssims = [float("nan") if small else ssim(pa[i:i + 1], pb[i:i + 1]) for i in range(n)]
-        mean_psnr, mean_ssim = sum(psnrs) / n, sum(ssims) / n
-        lines = [f"{n} image{'s' * (n != 1)}: PSNR {mean_psnr:.2f} dB, SSIM {mean_ssim:.4f} (mean; identical "
-                 f"images give PSNR inf, SSIM 1)"]
-        if n > 1:
-            lines += [f"image {i}: PSNR {p:.2f} dB, SSIM {s:.4f}" for i, (p, s) in enumerate(zip(psnrs, ssims))]
-        return io.NodeOutput(render_difference(a, b), mean_psnr, mean_ssim, "\n".join(lines))
+        interrupt = mm.throw_exception_if_processing_interrupted
+        difference = torch.empty(n, h, w, 3)
+        scores, lines = [], []
+        for i in range(n):
+            pa, pb = a[i].movedim(-1, 0), b[i].movedim(-1, 0)                 # (C, H, W) views
+            scores.append(pair_scores(pa, pb, clamp=True, on_strip=interrupt))
+            for r0 in range(0, h, STRIP_ROWS):
+                interrupt()
+                difference[i, r0:r0 + STRIP_ROWS] = render_difference(a[i:i + 1, r0:r0 + STRIP_ROWS],
+                                                                      b[i:i + 1, r0:r0 + STRIP_ROWS])[0]
+        psnr, psnr_text, _ = summarize_psnr([s.psnr for s in scores])
+        ssims = [s.ssim for s in scores if not (s.nan_a or s.nan_b or s.ssim != s.ssim)]
+        ssim = sum(ssims) / len(ssims) if ssims else float("nan")
+        ssim_text = f"SSIM {ssim:.4f}" + (" (mean)" if len(ssims) > 1 else "") if ssims else \
+            "no SSIM" + (f" (the images are smaller than its {WINDOW}-px window)" if min(h, w) < 11 else "")
+        lines.append(f"{n} image{'s' * (n != 1)}: {psnr_text}, {ssim_text}")
+        for i, s in enumerate(scores):
+            held = [name for name, bad in (("image_a", s.nan_a), ("image_b", s.nan_b)) if bad]
+            if held:
+                lines.append(f"image {i}: {' and '.join(held)} hold{'s' * (len(held) == 1)} NaN values (no PSNR "
+                             f"or SSIM; the run that made {'it' if len(held) == 1 else 'them'} diverged)")
+            elif n > 1:
+                lines.append(f"image {i}: PSNR {s.psnr:.2f} dB, SSIM {s.ssim:.4f}")
+        return io.NodeOutput(difference, psnr, ssim, "\n".join(lines))
+
+
+def check_pair(a, b):
+    """Refuses image batches Compare cannot pair up, naming what differs: channels, size, batch, or a size
+    past MAX_COMPARE_PIXELS."""
+    def kind(c):
+        return {1: "grey", 3: "RGB", 4: "RGBA"}.get(c, f"{c}-channel")
+    if a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"image_a has {a.shape[-1]} channels ({kind(a.shape[-1])}), image_b {b.shape[-1]} "
+                         f"({kind(b.shape[-1])}): compare images of the same kind (core Split Image with Alpha "
+                         f"takes the alpha channel off an RGBA image)")
+    if a.shape[1:3] != b.shape[1:3] or (len(a) != len(b) and 1 not in (len(a), len(b))):
+        raise ValueError(f"Compare needs images of one size: image_a is {len(a)} x {a.shape[2]}x{a.shape[1]}, "
+                         f"image_b {len(b)} x {b.shape[2]}x{b.shape[1]} (batch x width x height); compare runs "
+                         f"of the same latent size (equal batches, or a batch of one)")
+    pixels = max(len(a), len(b)) * a.shape[1] * a.shape[2]
+    if pixels > MAX_COMPARE_PIXELS:
+        raise ValueError(f"image_a and image_b hold {pixels / 2 ** 20:.0f} megapixels per batch, more than "
+                         f"Compare's {MAX_COMPARE_PIXELS >> 20}: compare fewer or smaller images at a time")
 
 
 NODES = [LazinessSweep, Compare]

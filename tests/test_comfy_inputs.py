@@ -30,7 +30,7 @@ def sibling_workflow(class_type, **inputs):
     """Loader -> a sibling cache node -> KSampler -> SaveLatent."""
     wf = demo_workflow()
     wf["3"] = {"class_type": class_type, "inputs": {"model": ["1", 0], **inputs}}
-    for node in ("2", "11", "12"):
+    for node in ("2", "11", "12", "13", "14"):          # gates, report and the previews of their text
         del wf[node]
     return wf
 
@@ -40,47 +40,155 @@ def load(name=DEMO, latent="auto", cfg_mode="all channels"):
     return LoadDiT.execute(name, latent, cfg_mode).args[0]
 
 
-REFUSED = {
-    "laziness nan": ([("3", "laziness", NAN)], "laziness = nan is not a number in 0.0..1.0"),
-    "laziness inf": ([("3", "laziness", float("inf"))], "laziness = inf is not a number in 0.0..1.0"),
-    "laziness above": ([("3", "laziness", 1.5)], "laziness = 1.5 is not a number in 0.0..1.0"),
-    "cache_device": ([("3", "cache_device", "cuda:7")], "cache_device = 'cuda:7' is not one of 'auto', 'cpu'"),
-    "cache_dtype": ([("3", "cache_dtype", "float8")], "cache_dtype = 'float8' is not one of 'auto', 'float16'"),
-    "reuse": ([("3", "reuse", "copy")], "reuse = 'copy' is not one of 'extrapolate', 'repeat'"),
-    "latent": ([("1", "latent", "vae")], "latent = 'vae' is not one of 'auto', 'sd15', 'pixel'"),
-    "cfg_mode": ([("1", "cfg_mode", "half")], "cfg_mode = 'half' is not one of 'all channels', 'official DiT"),
-    "ckpt_name": ([("1", "ckpt_name", "nothere.pt")], "ckpt_name = 'nothere.pt' is not one of"),
-    "gate_name": ([("2", "gate_name", "../../gates.safetensors")], "gate_name = '../../gates.safetensors' is not"),
+SWEEP_WORKFLOW = json.load(open(os.path.join(ROOT, "example_workflows", "api", "lazydit_sweep_fashion.json")))
+DYDIT_WORKFLOW = json.load(open(os.path.join(ROOT, "example_workflows", "api", "lazydit_dydit_fashion.json")))
+LONG_VALUES = "9," * 5000
+
+
+def sweep_workflow():
+    return copy.deepcopy(SWEEP_WORKFLOW)
+
+
+def dydit_workflow():
+    """The DyDiT demo without its dense branch (which would still run on its own)."""
+    wf = copy.deepcopy(DYDIT_WORKFLOW)
+    for node in ("14", "15", "16", "17"):
+        del wf[node]
+    return wf
+
+
+def laziness_workflow():
+    """The demo workflow with a Laziness node (30) driving Apply Lazy Gates."""
+    wf = demo_workflow()
+    wf["30"] = {"class_type": "LazyDiT_Laziness", "inputs": {"laziness": 0.5}}
+    wf["3"]["inputs"]["laziness"] = ["30", 0]
+    return wf
+
+
+def trainer_workflow(class_type):
+    inputs = {"model": ["1", 0], "labels": "all", "seed": 0}
+    inputs.update({"iterations": 10, "batch": 4, "laziness_pressure": 1e-4, "step_counts": "10",
+                   "filename_prefix": "g"} if class_type == "LazyDiT_TrainGates" else
+                  {"images": 4, "cfg": 4.0, "filename_prefix": "s"})
+    return {"1": DEMO_WORKFLOW["1"], "2": {"class_type": class_type, "inputs": inputs}}
+
+
+def sibling(class_type):
+    inputs = dict(cached_share=0.5, boundary_percent=0.5, interval=2) if class_type == "LazyDiT_DeltaDiT" else \
+        dict(interval=2, reuse="repeat")
+    return lambda: sibling_workflow(class_type, **inputs)
+
+
+# case: (workflow, node, input, bad value, what ComfyUI's message says)
+BAD_INPUTS = {
+    "apply laziness nan": (demo_workflow, "3", "laziness", NAN, "Value nan smaller than min of 0.0"),
+    "apply laziness inf": (demo_workflow, "3", "laziness", float("inf"), "Value inf bigger than max of 1.0"),
+    "apply laziness above": (demo_workflow, "3", "laziness", 1.5, "Value 1.5 bigger than max of 1.0"),
+    "apply max_lazy_steps": (demo_workflow, "3", "max_lazy_steps", 0, "Value 0 smaller than min of 1"),
+    "apply cache_device": (demo_workflow, "3", "cache_device", "cuda:7", "'cuda:7' not in ['auto', 'cpu']"),
+    "apply cache_dtype": (demo_workflow, "3", "cache_dtype", "float8", "'float8' not in ['auto', 'float16'"),
+    "apply reuse": (demo_workflow, "3", "reuse", "copy", "'copy' not in ['extrapolate', 'repeat']"),
+    "apply start 5": (demo_workflow, "3", "start_percent", 5.0, "Value 5.0 bigger than max of 1.0"),
+    "apply end -3": (demo_workflow, "3", "end_percent", -3.0, "Value -3.0 smaller than min of 0.0"),
+    "apply start nan": (demo_workflow, "3", "start_percent", NAN, "Value nan smaller than min of 0.0"),
+    "apply end nan": (demo_workflow, "3", "end_percent", NAN, "Value nan smaller than min of 0.0"),
+    "laziness node nan": (laziness_workflow, "30", "laziness", NAN, "Value nan smaller than min of 0.0"),
+    "sweep steps 0": (sweep_workflow, "7", "steps", 0, "Value 0 smaller than min of 1"),
+    "sweep steps -3": (sweep_workflow, "7", "steps", -3, "Value -3 smaller than min of 1"),
+    "sweep steps 1e6": (sweep_workflow, "7", "steps", 1000000, "Value 1000000 bigger than max of 1000"),
+    "sweep cfg nan": (sweep_workflow, "7", "cfg", NAN, "Value nan smaller than min of 0.0"),
+    "sweep cfg -5": (sweep_workflow, "7", "cfg", -5.0, "Value -5.0 smaller than min of 0.0"),
+    "sweep cfg 1e6": (sweep_workflow, "7", "cfg", 1e6, "Value 1000000.0 bigger than max of 100.0"),
+    "sweep sampler": (sweep_workflow, "7", "sampler_name", "bogus", "sampler_name: 'bogus' not in (list of"),
+    "sweep scheduler": (sweep_workflow, "7", "scheduler", "bogus", "scheduler: 'bogus' not in"),
+    "sweep seed 2**70": (sweep_workflow, "7", "seed", 2 ** 70, "bigger than max of 18446744073709551615"),
+    "sweep start 5": (sweep_workflow, "7", "start_percent", 5.0, "Value 5.0 bigger than max of 1.0"),
+    "sweep end -3": (sweep_workflow, "7", "end_percent", -3.0, "Value -3.0 smaller than min of 0.0"),
+    "sweep start nan": (sweep_workflow, "7", "start_percent", NAN, "Value nan smaller than min of 0.0"),
+    "sweep end nan": (sweep_workflow, "7", "end_percent", NAN, "Value nan smaller than min of 0.0"),
+    "sweep long values": (sweep_workflow, "7", "laziness_values", LONG_VALUES, "laziness_values = '9,9,9,"),
+    "sweep nan value": (sweep_workflow, "7", "laziness_values", "0.5, nan", "must hold 1 to 12 numbers in 0..1"),
+    "delta share nan": (sibling("LazyDiT_DeltaDiT"), "3", "cached_share", NAN, "Value nan smaller than min of 0.05"),
+    "delta boundary -inf": (sibling("LazyDiT_DeltaDiT"), "3", "boundary_percent", -float("inf"),
+                            "Value -inf smaller than min of 0.0"),
+    "delta interval": (sibling("LazyDiT_DeltaDiT"), "3", "interval", 0, "Value 0 smaller than min of 1"),
+    "fora reuse": (sibling("LazyDiT_FORA"), "3", "reuse", "guess", "reuse: 'guess' not in ['extrapolate', 'repeat']"),
+    "fora interval nan": (sibling("LazyDiT_FORA"), "3", "interval", NAN, "cannot convert float NaN to integer"),
+    "train pressure nan": (lambda: trainer_workflow("LazyDiT_TrainGates"), "2", "laziness_pressure", NAN,
+                           "Value nan smaller than min of 0.0"),
+    "train objective": (lambda: trainer_workflow("LazyDiT_TrainGates"), "2", "objective", "fast",
+                        "'fast' not in ['sensitivity', 'local (paper)']"),
+    "train prefix": (lambda: trainer_workflow("LazyDiT_TrainGates"), "2", "filename_prefix", "../x",
+                     "filename_prefix '../x' leaves or skips a folder"),
+    "schedule cfg nan": (lambda: trainer_workflow("LazyDiT_SensitivitySchedule"), "2", "cfg", NAN,
+                         "Value nan smaller than min of 1.0"),
+    "schedule prefix": (lambda: trainer_workflow("LazyDiT_SensitivitySchedule"), "2", "filename_prefix", "/abs",
+                        "filename_prefix '/abs' is an absolute path"),
+    "dydit threshold nan": (dydit_workflow, "2", "threshold", NAN,
+                            "Value nan smaller than min of 0.05"),
+    "dydit mode": (dydit_workflow, "2", "mode", "fast", "'fast' not in ['dynamic', 'dense']"),
+    "loader latent": (demo_workflow, "1", "latent", "vae", "'vae' not in ['auto', 'sd15', 'pixel']"),
+    "loader cfg_mode": (demo_workflow, "1", "cfg_mode", "half", "'half' not in ['all channels', 'official DiT"),
+    "loader ckpt_name": (demo_workflow, "1", "ckpt_name", "nothere.pt", "ckpt_name: 'nothere.pt' not in"),
+    "gate_name": (demo_workflow, "2", "gate_name", "../../gates.safetensors", "'../../gates.safetensors' not in"),
 }
 
 
-@pytest.mark.parametrize("case", REFUSED, ids=list(REFUSED))
-def test_bad_widget_values_are_refused_when_queued(comfy, case):
-    """NaN, out-of-range and off-list values fail ComfyUI's validation (nothing runs), naming the input."""
-    changes, message = REFUSED[case]
-    with pytest.raises(RuntimeError, match="invalid workflow") as err:
-        comfy.run(demo_workflow(changes))
-    assert message in str(err.value), str(err.value)[-600:]
+def node_errors(comfy, prompt):
+    """validate_prompt's errors by node id, as ComfyUI returns them to the UI (which marks each input red)."""
+    import asyncio
+    import uuid
+
+    ok, _, _, errors = asyncio.run(comfy.execution.validate_prompt(str(uuid.uuid4()), prompt, None))
+    return ok, errors
 
 
-SIBLINGS = {
-    "delta nan share": ("LazyDiT_DeltaDiT", dict(cached_share=NAN, boundary_percent=0.5, interval=2),
-                        "cached_share = nan is not a number in 0.05..1.0"),
-    "delta nan boundary": ("LazyDiT_DeltaDiT", dict(cached_share=0.5, boundary_percent=NAN, interval=2),
-                           "boundary_percent = nan is not a number in 0.0..1.0"),
-    "delta -inf boundary": ("LazyDiT_DeltaDiT", dict(cached_share=0.5, boundary_percent=-float("inf"),
-                                                     interval=2), "boundary_percent = -inf"),
-    "fora reuse": ("LazyDiT_FORA", dict(interval=2, reuse="guess"), "reuse = 'guess' is not one of"),
-}
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
+def test_a_bad_input_is_refused_once_and_blamed_on_itself(comfy, case):
+    """Every bad widget value of every node is refused when queued with exactly one error, attached to that
+    input (extra_info.input_name, which the UI marks red), short, and naming the problem; the same workflow
+    with the default value validates."""
+    make, node, name, value, message = BAD_INPUTS[case]
+    good = make()
+    assert node_errors(comfy, good)[0], node_errors(comfy, good)[1]
+    bad = make()
+    bad[node]["inputs"][name] = value
+    ok, errors = node_errors(comfy, bad)
+    assert not ok and list(errors) == [node], errors
+    (error,) = errors[node]["errors"]
+    assert error["extra_info"]["input_name"] == name, error
+    text = f"{error['message']}: {error['details']}"
+    assert message in text and len(text) < 400, text
 
 
-@pytest.mark.parametrize("case", SIBLINGS, ids=list(SIBLINGS))
-def test_bad_sibling_inputs_are_refused_when_queued(comfy, case):
-    """Δ-DiT's NaN/inf inputs and FORA's off-list reuse fail validation instead of a raw error in a sampler."""
-    class_type, inputs, message = SIBLINGS[case]
-    with pytest.raises(RuntimeError, match="invalid workflow") as err:
-        comfy.run(sibling_workflow(class_type, **inputs))
-    assert message in str(err.value), str(err.value)[-600:]
+def test_combos_and_bounds_take_the_form_comfyui_checks(comfy):
+    """The pack's combos are typed so that ComfyUI itself checks them: as an option list on 0.3.75 (which skips
+    'COMBO'-typed V3 combos), as 'COMBO' from 0.8 on; NaN-refusing bounds serialise as plain numbers."""
+    from lazydit.nodes.checks import CORE_CHECKS_V3_COMBOS, Bound
+    from lazydit.nodes.lazy_nodes import ApplyLazyGates
+
+    spec = ApplyLazyGates.INPUT_TYPES()["required"]
+    kind = spec["cache_device"][0]
+    assert kind == "COMBO" if CORE_CHECKS_V3_COMBOS else kind == ["auto", "cpu"], kind
+    assert isinstance(spec["laziness"][1]["min"], Bound)
+    assert json.loads(json.dumps(spec["laziness"][1]))["min"] == 0.0
+    assert Bound(0.0) < 0.5 and not Bound(1.0) < 0.5 and NAN < Bound(0.0) and NAN > Bound(1.0)
+
+
+@pytest.mark.parametrize("workflow, node", [(demo_workflow, "3"), (sweep_workflow, "7"),
+                                            (sibling("LazyDiT_FORA"), "3")], ids=["apply", "sweep", "fora"])
+def test_start_after_end_fails_before_sampling(comfy, clean_output, workflow, node):
+    """start_percent 0.9 with end_percent 0.1 relates two inputs, which ComfyUI's validation cannot blame on
+    one: the node refuses it when it runs, before any sampling, naming both and the fix."""
+    from comfy_headless import WorkflowError
+
+    wf = workflow()
+    wf[node]["inputs"].update(start_percent=0.9, end_percent=0.1)
+    assert node_errors(comfy, wf)[0]
+    with pytest.raises(WorkflowError, match="start_percent 0.9 is after end_percent 0.1: set start_percent at or "
+                                            "before end_percent"):
+        comfy.run(wf)
+    assert not os.listdir(clean_output), "nothing may have been sampled"
 
 
 def test_linked_values_are_checked_in_execute(comfy):
@@ -103,23 +211,18 @@ def test_linked_values_are_checked_in_execute(comfy):
         TrainLazyGates.execute(model, "all", 10, 4, NAN, "10", 0, "g")
     with pytest.raises(ValueError, match="cfg = nan is not a number in 1.0..20.0"):
         SensitivitySchedule.execute(model, "all", 4, NAN, 0, "s")
-    assert Laziness.validate_inputs(laziness=None) is True, "a linked value is left to execute"
 
 
-def test_train_and_schedule_nodes_refuse_bad_widgets_when_queued(comfy):
-    """The training nodes refuse a bad step count, NaN pressure or cfg and an unknown objective at queue time."""
-    base = {"model": ["1", 0], "labels": "all", "seed": 0}
-    train = {**base, "iterations": 10, "batch": 4, "laziness_pressure": 1e-4, "step_counts": "10",
-             "filename_prefix": "g"}
-    cases = [("LazyDiT_TrainGates", {**train, "step_counts": "10,x"}, "step count 'x' in '10,x' is not a whole"),
-             ("LazyDiT_TrainGates", {**train, "laziness_pressure": NAN}, "laziness_pressure = nan"),
-             ("LazyDiT_TrainGates", {**train, "objective": "fast"}, "objective = 'fast' is not one of"),
-             ("LazyDiT_SensitivitySchedule", {**base, "images": 4, "cfg": NAN, "filename_prefix": "s"}, "cfg = nan")]
-    for class_type, inputs, message in cases:
-        wf = {"1": DEMO_WORKFLOW["1"], "2": {"class_type": class_type, "inputs": inputs}}
-        with pytest.raises(RuntimeError, match="invalid workflow") as err:
-            comfy.run(wf)
-        assert message in str(err.value), str(err.value)[-600:]
+def test_train_refuses_bad_step_counts_before_training(comfy):
+    """step_counts is the Train node's second free-text input; validation can blame only one (filename_prefix),
+    so a bad step count is refused when the node runs, before any model call, naming the input."""
+    from comfy_headless import WorkflowError
+
+    wf = trainer_workflow("LazyDiT_TrainGates")
+    wf["2"]["inputs"]["step_counts"] = "10,x"
+    assert node_errors(comfy, wf)[0]
+    with pytest.raises(WorkflowError, match="step count 'x' in '10,x' is not a whole"):
+        comfy.run(wf)
 
 
 @pytest.mark.parametrize("labels, message", [

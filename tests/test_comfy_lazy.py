@@ -467,11 +467,10 @@ def test_step_range_keeps_the_rest_exact(pixart, name):
 
 
 def test_step_range_refuses_start_after_end(comfy):
-    """start_percent after end_percent is refused at queue time with a message naming both and the fix."""
+    """start_percent after end_percent is refused before the node touches the model, naming both and the fix
+    (tests/test_comfy_inputs.py runs it through ComfyUI)."""
     from lazydit.nodes.sibling_nodes import ForaNode
 
-    assert "start_percent 0.7 is after end_percent 0.2" in ForaNode.validate_inputs(reuse="repeat",
-                                                                                  start_percent=0.7,
-                                                                                  end_percent=0.2)
-    with pytest.raises(ValueError, match="set start_percent at or before end_percent"):
+    with pytest.raises(ValueError, match="start_percent 0.7 is after end_percent 0.2: set start_percent at or "
+                                         "before end_percent"):
         ForaNode.execute(None, 2, "repeat", 0.7, 0.2)
