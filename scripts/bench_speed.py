@@ -25,7 +25,8 @@ ROOT = os.path.dirname(HERE)
 
 def comfy_path():
     """ComfyUI's PixArt code (the runtime scripts/setup.sh installs), imported without starting ComfyUI."""
-    sys.path.insert(0, os.path.join(ROOT, ".comfyui", "ComfyUI"))
+    import comfy_tree
+    sys.path.insert(0, comfy_tree.COMFY)
     from comfy.cli_args import args
     args.cpu = not torch.cuda.is_available()
 

@@ -11,10 +11,11 @@ import sys
 import uuid
 
 import checkout  # noqa: F401  (binds `lazydit` to this checkout)
-import quiet_audio
+import comfy_tree
+import quiet_optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMFY = os.path.join(ROOT, ".comfyui", "ComfyUI")
+COMFY = comfy_tree.COMFY            # .comfyui/ComfyUI (0.3.75), or the tree $LAZYDIT_COMFYUI names
 PACK_FOLDER = "ComfyUI-LazyDiT"     # the folder name users clone the repository into
 
 
@@ -76,7 +77,7 @@ class Comfy:
     """ComfyUI imported in-process on the CPU with every node (core and this pack) registered."""
 
     def __init__(self, base, extra_args=()):
-        quiet_audio.install()
+        quiet_optional.install()
         self.base = make_base(base)
         self.output = os.path.join(self.base, "output")
         sys.path.insert(0, COMFY)
