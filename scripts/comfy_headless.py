@@ -76,12 +76,14 @@ def install_copy(base):
 class Comfy:
     """ComfyUI imported in-process on the CPU with every node (core and this pack) registered."""
 
-    def __init__(self, base, extra_args=()):
+    def __init__(self, base, extra_args=(), cpu=True):
+        """`cpu`: run on the CPU (--cpu); False lets ComfyUI take the GPU it finds."""
         quiet_optional.install()
         self.base = make_base(base)
         self.output = os.path.join(self.base, "output")
         sys.path.insert(0, COMFY)
-        sys.argv = ["main.py", "--cpu", "--base-directory", self.base, "--disable-api-nodes", *extra_args]
+        sys.argv = ["main.py", *(["--cpu"] if cpu else []), "--base-directory", self.base, "--disable-api-nodes",
+                    *extra_args]
         import comfy.options
         comfy.options.enable_args_parsing()
         import comfy.cli_args  # noqa: F401  (parses the arguments; must precede comfy.model_management)
