@@ -106,26 +106,11 @@ def count_syncs(model, forward, policy, x, ts, plain):
                 self.count += 1
             return out
 
-    counter = Counter()
-    state = None if plain else RunState(policy)
-    half = x.shape[0] // 2
+    counter, reads = Counter(), []
     with counter:
-        for t in ts:
-            if state is None:
-                forward(x, t)
-                continue
-            state.begin_call(["cond", "uncond"], ["positive", "negative"], half, x,
-                             torch.full((1,), t, device=x.device))
-            handle = state.attach(model)
-            try:
-                forward(x, t)
-            finally:
-                handle.detach()
-                state.end_call()
-    reads = state.syncs / len(ts) if state is not None else 0.0
-    if state is not None:
-        state.finish()
-    return counter.count / len(ts), reads
+        bench_speed.run_calls(model, forward, policy, x, ts, RunState, plain,
+                              on_state=lambda state: reads.append(state.syncs / len(ts)))
+    return counter.count / len(ts), (reads[0] if reads else 0.0)
 
 
 def speed_section(args, device):
@@ -229,8 +214,8 @@ def comfy_sections(args, device):
         for section in ("compile", "comfyui"):
             row(section, "demo workflow", "-", "-", "all", note=f"n/a: ComfyUI did not start here ({err!r})"[:160])
         return
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     images, steps = args.comfy_images, args.comfy_steps
     variants = bench_compile.VARIANTS if args.compile else ["exact", "lazy"]

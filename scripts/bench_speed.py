@@ -53,8 +53,9 @@ def timed(fn, device):
     return time.perf_counter() - t
 
 
-def run_calls(model, forward, policy, x, timesteps, RunState, plain=False):
-    """Runs one call per timestep; returns the lazy ratio measured by the engine (0 for plain)."""
+def run_calls(model, forward, policy, x, timesteps, RunState, plain=False, on_state=None):
+    """Runs one call per timestep; returns the lazy ratio measured by the engine (0 for plain). `on_state` gets
+    the run's RunState before it is finished (its counters)."""
     if plain:
         for t in timesteps:
             forward(x, t)
@@ -70,6 +71,8 @@ def run_calls(model, forward, policy, x, timesteps, RunState, plain=False):
         finally:
             handle.detach()
             state.end_call()
+    if on_state is not None:
+        on_state(state)
     state.finish()
     return state.report()["ratio"]
 

@@ -1,6 +1,6 @@
-"""Fixtures: the real ComfyUI (0.3.75, or the tree scripts/test.sh --comfyui names) in-process (scripts/comfy_headless.py) in a temporary base directory,
-and its HTTP server with the pack installed as users install it. Tests of lazy_core never request them, so
-they run without ComfyUI."""
+"""Fixtures: the real ComfyUI (0.3.75, or the tree scripts/test.sh --comfyui names) in-process
+(scripts/comfy_headless.py) in a temporary base directory, and its HTTP server with the pack installed as
+users install it. Tests of lazy_core never request them, so they run without ComfyUI."""
 
 import importlib.util
 import json

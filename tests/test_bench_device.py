@@ -27,7 +27,7 @@ def test_bench_device_dry_run_prints_every_section():
                         "forced r=0.50", "forced r=0.67"):
             assert any(model in line and variant in line for line in speed), (model, variant, speed)
     half = next(line for line in speed if "DiT-XL/2" in line and "forced r=0.50" in line).split()
-    assert float(half[-2]) > 1.5 and float(half[-5]) == 0.5, half           # ideal 1 / (1 - 0.5 f), r = 0.5
+    assert float(half[-1]) > 1.5 and float(half[-4]) == 0.5, half           # ideal 1 / (1 - 0.5 f), r = 0.5
     chains = next(line for line in speed if "DiT-XL/2" in line and "forced r=0.67" in line)
     assert "share refused by ForcedRatio" in chains or re.search(r" 0\.6[0-9]{2} ", chains), chains
     syncs = [line for line in lines if line.startswith("syncs ")]
