@@ -18,6 +18,7 @@ import argparse
 import copy
 import json
 import os
+import signal
 import statistics
 import sys
 import time
@@ -274,6 +275,12 @@ def main():
                                   comfy_images=10, comfy_steps=20, comfy_repeats=3, laziness=0.9)
     torch.manual_seed(0)
     t0 = time.perf_counter()
+
+    def stopped(signum, frame):                 # bench_device.sh's time limit: print what was measured so far
+        print(f"bench_device stopped by its time limit after {time.perf_counter() - t0:.0f} s; rows so far:")
+        print_table()
+        sys.exit(124)
+    signal.signal(signal.SIGTERM, stopped)
     comfy_sections(args, device)            # first: ComfyUI must parse its own arguments before comfy is imported
     print(f"[bench_device] ComfyUI sections done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     bench_speed.comfy_path_or_none()
