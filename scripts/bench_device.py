@@ -97,9 +97,12 @@ def count_syncs(model, forward, policy, x, ts, plain):
 
     class Counter(TorchDispatchMode):
         count = 0
+        on = True                     # off once the calls are done: the run's summary reads are not per call
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
+            if not self.on:
+                return out
             name = func.overloadpacket.__name__
             to_host = name in ("_to_copy", "copy_") and isinstance(out, torch.Tensor) and out.device.type == "cpu" \
                 and any(isinstance(a, torch.Tensor) and a.device.type != "cpu" for a in args)
@@ -108,9 +111,12 @@ def count_syncs(model, forward, policy, x, ts, plain):
             return out
 
     counter, reads = Counter(), []
+
+    def calls_done(state):
+        counter.on = False
+        reads.append(state.syncs / len(ts))
     with counter:
-        bench_speed.run_calls(model, forward, policy, x, ts, RunState, plain,
-                              on_state=lambda state: reads.append(state.syncs / len(ts)))
+        bench_speed.run_calls(model, forward, policy, x, ts, RunState, plain, on_state=calls_done)
     return counter.count / len(ts), (reads[0] if reads else 0.0)
 
 
@@ -138,6 +144,7 @@ def speed_section(args, device):
                     for _, (policy, plain) in variants.items():          # warm-up: one run of each
                         if policy is not None or plain:
                             bench_speed.run_calls(model, forward, policy, x, ts[:2], RunState, plain)
+                    print(f"[bench_device] {name} {dtype_name} rows {rows}: warm", file=sys.stderr)
                     times, ratios = {k: [] for k in variants}, {}
                     for _ in range(args.repeats):
                         for k, (policy, plain) in variants.items():
@@ -266,9 +273,9 @@ def main():
         sys.exit("bench_device: no CUDA device here; use --dry-run for the CPU check")
     if a.dry_run:
         args = argparse.Namespace(dtypes=["fp32"], rows=[2], dit_px=[32], dit_depth=2, pixart_px=272,
-                                  pixart_depth=1, steps=3, repeats=1, compile=False, comfy_images=2,
+                                  pixart_depth=1, steps=2, repeats=1, compile=False, comfy_images=2,
                                   comfy_steps=2, comfy_repeats=0, laziness=0.9)
-        torch.set_num_threads(2)
+        torch.set_num_threads(1)            # tiny sizes: one thread, not oversubscribing a shared CPU
     else:
         args = argparse.Namespace(dtypes=["fp16", "bf16"], rows=[2, 8], dit_px=[256, 512], dit_depth=28,
                                   pixart_px=1024, pixart_depth=28, steps=10, repeats=3, compile=True,

@@ -43,5 +43,5 @@ fi
 if [ -z "${LAZYDIT_COMFYUI:-}" ] && [ -f "$stage/ComfyUI/main.py" ]; then export LAZYDIT_COMFYUI="$stage/ComfyUI"; fi
 export PYTHONUNBUFFERED=1
 limit=480                                 # 8 minutes: the whole benchmark fits one device call
-case " $* " in *" --dry-run "*) limit=300 ;; esac
+case " $* " in *" --dry-run "*) limit=600 ;; esac   # tiny sizes, but a shared CPU can be slow
 exec timeout "$limit" "$py" "$root/scripts/bench_device.py" "$@"

@@ -14,7 +14,7 @@ def test_bench_device_dry_run_prints_every_section():
     forced 25 / 50 / 67 % with the MAC-ideal), host syncs, cache memory against its bound, ComfyUI's demo
     workflow exact vs lazy; forced 67 % is measured or "n/a" where the engine's policy refuses it."""
     done = subprocess.run(["bash", os.path.join(ROOT, "scripts", "bench_device.sh"), "--dry-run"],
-                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=600)
+                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lines = done.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("section "))
