@@ -79,8 +79,9 @@ class TrainLazyGates(io.ComfyNode):
                       tooltip="ρ: higher trains lazier gates (paper range 1e-7 .. 1e-2)."),
                 io.String.Input("step_counts", default="10,20,30,50",
                                 tooltip="Step counts whose step sizes the gates learn."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
-                io.String.Input("filename_prefix", default="lazydit_gates"),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of the training noise and labels."),
+                io.String.Input("filename_prefix", default="lazydit_gates",
+                                tooltip="File name (or subfolder/name) inside models/lazy_gates; never overwritten."),
                 io.Conditioning.Input("positive", optional=True,
                                       tooltip="PixArt: the prompts to learn from (several via Conditioning "
                                               "Combine). Not used for DiT, which learns from `labels`."),
@@ -181,8 +182,9 @@ class SensitivitySchedule(io.ComfyNode):
                 io.Int.Input("images", default=16, min=2, max=256, tooltip="Trajectories measured; more is "
                              "steadier and slower."),
                 Float("cfg", default=4.0, min=1.0, max=20.0, step=0.1, tooltip="Guidance scale you sample with."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
-                io.String.Input("filename_prefix", default="lazydit_schedule"),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of the measured trajectories."),
+                io.String.Input("filename_prefix", default="lazydit_schedule",
+                                tooltip="File name (or subfolder/name) inside models/lazy_gates; never overwritten."),
                 io.Conditioning.Input("positive", optional=True, tooltip="PixArt: prompts to measure on."),
                 io.Conditioning.Input("negative", optional=True, tooltip="PixArt: the uncond prompt."),
                 io.Latent.Input("latent", optional=True, tooltip="PixArt: an empty latent of the size you "

@@ -125,17 +125,22 @@ class LazinessSweep(io.ComfyNode):
                         "...) with the exact run.",
             inputs=[
                 io.Model.Input("model", tooltip="A DiT or PixArt model (a LazyDiT patch on it is replaced)."),
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative"),
-                io.Latent.Input("latent_image", tooltip=f"At most {MAX_ROWS} images of at most {MAX_SIDE} px "
-                                                        f"per side (a DiT: its own size)."),
+                io.Conditioning.Input("positive", tooltip="The prompt (or class label) every column samples."),
+                io.Conditioning.Input("negative", tooltip="The negative prompt (or null label) for CFG."),
+                io.Latent.Input("latent_image", tooltip=f"The starting latent; its batch is each column's images. At "
+                                                        f"most {MAX_ROWS} images of at most {MAX_SIDE} px per side "
+                                                        f"(a DiT: its own size)."),
                 io.Vae.Input("vae", tooltip="Decodes each column for the grid."),
-                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="The noise seed, the same for every column."),
                 io.Int.Input("steps", default=20, min=1, max=MAX_STEPS,
-                             tooltip=f"Sampler steps per column (at most {MAX_STEPS})."),
-                Float("cfg", default=4.0, min=0.0, max=100.0, step=0.1, round=0.01),
-                Combo("sampler_name", comfy.samplers.KSampler.SAMPLERS, default="euler"),
-                Combo("scheduler", comfy.samplers.KSampler.SCHEDULERS, default="normal"),
+                             tooltip=f"Sampler steps of every column (at most {MAX_STEPS})."),
+                Float("cfg", default=4.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                      tooltip="Classifier-free guidance scale, as on KSampler."),
+                Combo("sampler_name", comfy.samplers.KSampler.SAMPLERS, default="euler",
+                      tooltip="The sampler, as on KSampler."),
+                Combo("scheduler", comfy.samplers.KSampler.SCHEDULERS, default="normal",
+                      tooltip="The scheduler, as on KSampler."),
                 io.String.Input("laziness_values", default=DEFAULT_VALUES,
                                 tooltip=f"Comma-separated laziness values (0..1, at most {MAX_VALUES}) to draw; "
                                         f"0 (exact) is always drawn first, as the reference."),

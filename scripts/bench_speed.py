@@ -25,9 +25,22 @@ ROOT = os.path.dirname(HERE)
 
 def comfy_path():
     """ComfyUI's PixArt code (the runtime scripts/setup.sh installs), imported without starting ComfyUI."""
-    sys.path.insert(0, os.path.join(ROOT, ".comfyui", "ComfyUI"))
+    import comfy_tree
+    sys.path.insert(0, comfy_tree.COMFY)
     from comfy.cli_args import args
     args.cpu = not torch.cuda.is_available()
+
+
+def comfy_path_or_none():
+    """comfy_path() with PixArt's block registered with the engine; False where ComfyUI does not import."""
+    try:
+        comfy_path()
+        from comfy.ldm.pixart.pixartms import PixArtMSBlock
+    except ImportError:
+        return False
+    from lazydit.lazy_core.engine.proxies import register_block
+    register_block(PixArtMSBlock, "pixart")
+    return True
 
 
 def timed(fn, device):
@@ -40,8 +53,9 @@ def timed(fn, device):
     return time.perf_counter() - t
 
 
-def run_calls(model, forward, policy, x, timesteps, RunState, plain=False):
-    """Runs one call per timestep; returns the lazy ratio measured by the engine (0 for plain)."""
+def run_calls(model, forward, policy, x, timesteps, RunState, plain=False, on_state=None):
+    """Runs one call per timestep; returns the lazy ratio measured by the engine (0 for plain). `on_state` gets
+    the run's RunState before it is finished (its counters)."""
     from lazydit.lazy_core.engine.cache import CacheOptions
 
     if plain:
@@ -59,17 +73,19 @@ def run_calls(model, forward, policy, x, timesteps, RunState, plain=False):
         finally:
             handle.detach()
             state.end_call()
+    if on_state is not None:
+        on_state(state)
     state.finish()
     return state.report()["ratio"]
 
 
-def dit_case(px, depth, device, dtype):
+def dit_case(px, depth, device, dtype, rows=4):
     from lazydit.lazy_core.models.dit import DiT, DiTConfig
     c = DiTConfig(input_size=px // 8, depth=depth)
     with torch.device(device):
         model = DiT(c).to(dtype).eval()
-    x = torch.randn(4, 4, px // 8, px // 8, device=device, dtype=dtype)      # 2 images x (cond, uncond)
-    y = torch.tensor([1, 2, 1000, 1000], device=device)
+    x = torch.randn(rows, 4, px // 8, px // 8, device=device, dtype=dtype)   # rows / 2 images x (cond, uncond)
+    y = torch.tensor([1, 2] * (rows // 4) + [1] * (rows // 2 % 2) + [1000] * (rows // 2), device=device)
 
     def forward(x_, t):
         return model(x_, torch.full((x_.shape[0],), t, device=device), y)
@@ -79,7 +95,7 @@ def dit_case(px, depth, device, dtype):
     return f"DiT-XL/2 {px}px (depth {depth})", model, forward, x, tokens, other
 
 
-def pixart_case(px, depth, device, dtype):
+def pixart_case(px, depth, device, dtype, rows=2):
     import comfy.ops
     from comfy.ldm.pixart.pixartms import PixArtMS
     with torch.device(device):
@@ -89,8 +105,8 @@ def pixart_case(px, depth, device, dtype):
         for p in model.parameters():
             p.data.normal_(0, 0.02)
     side = px // 8
-    x = torch.randn(2, 4, side, side, device=device, dtype=dtype)             # 1 image x (cond, uncond)
-    ctx = torch.randn(2, 120, 4096, device=device, dtype=dtype)
+    x = torch.randn(rows, 4, side, side, device=device, dtype=dtype)          # rows / 2 images x (cond, uncond)
+    ctx = torch.randn(rows, 120, 4096, device=device, dtype=dtype)
 
     def forward(x_, t):
         return model(x_, torch.full((x_.shape[0],), float(t), device=device), ctx)
@@ -102,6 +118,18 @@ def pixart_case(px, depth, device, dtype):
     return f"PixArt-Σ {px}px (depth {depth})", model, forward, x, tokens, other
 
 
+def gates_never_lazy(model):
+    """Per-step log-cost gates with input weights, at a price no module is worth: every decision runs
+    (pooling, projection, the call's one host read) and the cache is kept, yet nothing is lazy."""
+    from lazydit.lazy_core.engine.gates import GateBank, GateInfo
+    from lazydit.lazy_core.engine.policies import LearnedGates
+    from lazydit.lazy_core.engine.proxies import describe
+    arch, depth, width = describe(model)
+    info = GateInfo(arch, depth, width, list(range(0, 1000, 50)), score="log-cost", granularity="step")
+    bank = GateBank(info, weight=torch.randn(depth, 2, 20, width, device=next(model.parameters()).device) * 1e-3)
+    return LearnedGates(bank, threshold=-1e9)
+
+
 def main(args):
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -110,18 +138,9 @@ def main(args):
     comfy_path()
     from comfy.ldm.pixart.pixartms import PixArtMSBlock
     from lazydit.lazy_core.engine.cache import RunState
-    from lazydit.lazy_core.engine.gates import GateBank, GateInfo
-    from lazydit.lazy_core.engine.policies import ForcedRatio, LearnedGates, NeverLazy
-    from lazydit.lazy_core.engine.proxies import describe, module_macs, register_block
+    from lazydit.lazy_core.engine.policies import ForcedRatio, NeverLazy
+    from lazydit.lazy_core.engine.proxies import module_macs, register_block
     register_block(PixArtMSBlock, "pixart")
-
-    def gates_never_lazy(model):
-        """Per-step log-cost gates with input weights, at a price no module is worth: every decision runs
-        (pooling, projection, the call's one host read) and the cache is kept, yet nothing is lazy."""
-        arch, depth, width = describe(model)
-        info = GateInfo(arch, depth, width, list(range(0, 1000, 50)), score="log-cost", granularity="step")
-        bank = GateBank(info, weight=torch.randn(depth, 2, 20, width) * 1e-3)
-        return LearnedGates(bank, threshold=-1e9)
 
     if args.dydit:
         with torch.inference_mode():

@@ -11,10 +11,11 @@ import sys
 import uuid
 
 import checkout  # noqa: F401  (binds `lazydit` to this checkout)
-import quiet_audio
+import comfy_tree
+import quiet_optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMFY = os.path.join(ROOT, ".comfyui", "ComfyUI")
+COMFY = comfy_tree.COMFY            # .comfyui/ComfyUI (0.3.75), or the tree $LAZYDIT_COMFYUI names
 PACK_FOLDER = "ComfyUI-LazyDiT"     # the folder name users clone the repository into
 
 
@@ -75,12 +76,14 @@ def install_copy(base):
 class Comfy:
     """ComfyUI imported in-process on the CPU with every node (core and this pack) registered."""
 
-    def __init__(self, base, extra_args=()):
-        quiet_audio.install()
+    def __init__(self, base, extra_args=(), cpu=True):
+        """`cpu`: run on the CPU (--cpu); False lets ComfyUI take the GPU it finds."""
+        quiet_optional.install()
         self.base = make_base(base)
         self.output = os.path.join(self.base, "output")
         sys.path.insert(0, COMFY)
-        sys.argv = ["main.py", "--cpu", "--base-directory", self.base, "--disable-api-nodes", *extra_args]
+        sys.argv = ["main.py", *(["--cpu"] if cpu else []), "--base-directory", self.base, "--disable-api-nodes",
+                    *extra_args]
         import comfy.options
         comfy.options.enable_args_parsing()
         import comfy.cli_args  # noqa: F401  (parses the arguments; must precede comfy.model_management)

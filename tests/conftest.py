@@ -1,6 +1,6 @@
-"""Fixtures: the real ComfyUI 0.3.75 in-process (scripts/comfy_headless.py) in a temporary base directory,
-and its HTTP server with the pack installed as users install it. Tests of lazy_core never request them, so
-they run without ComfyUI."""
+"""Fixtures: the real ComfyUI (0.3.75, or the tree scripts/test.sh --comfyui names) in-process
+(scripts/comfy_headless.py) in a temporary base directory, and its HTTP server with the pack installed as
+users install it. Tests of lazy_core never request them, so they run without ComfyUI."""
 
 import importlib.util
 import json
@@ -27,7 +27,8 @@ def _load(name):
 
 
 _load("checkout")  # binds `lazydit` to this checkout before any test module imports it
-_load("quiet_audio")
+_load("comfy_tree")  # which ComfyUI folder: .comfyui/ComfyUI, or $LAZYDIT_COMFYUI (scripts/test.sh --comfyui)
+_load("quiet_optional")
 headless = _load("comfy_headless")
 
 

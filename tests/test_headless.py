@@ -5,7 +5,7 @@ import logging
 import os
 
 import pytest
-import quiet_audio
+import quiet_optional
 
 # The shape of a newer execution.py (as in ComfyUI 0.8): the executor also reads "ram_inactive" when it runs.
 NEWER_EXECUTION = '''
@@ -25,10 +25,21 @@ class PromptExecutor:
 '''
 
 
+# The keys each tested release's execution.py reads (0.33.0 added "ram_inactive" with its RAM_PRESSURE cache).
+CACHE_KEYS = {"0.3.75": {"lru", "ram"}, "0.33.0": {"lru", "ram", "ram_inactive"}}
+
+
 def test_cache_args_read_from_the_installed_execution_py(runtime):
-    """ComfyUI 0.3.75's execution.py reads exactly "lru" and "ram"; both are 0 (no output cache)."""
+    """The installed execution.py's keys are those of its release (exactly "lru" and "ram" on 0.3.75, plus
+    "ram_inactive" on 0.33.0; at least "lru" and "ram" on another tree), each 0 (no output cache)."""
     with open(os.path.join(runtime.COMFY, "execution.py")) as f:
-        assert runtime.cache_args(f.read()) == {"lru": 0, "ram": 0}
+        args = runtime.cache_args(f.read())
+    version = runtime.comfy_tree.version(runtime.COMFY)
+    assert set(args.values()) == {0}, args
+    if version in CACHE_KEYS:
+        assert set(args) == CACHE_KEYS[version], (version, args)
+    else:
+        assert {"lru", "ram"} <= set(args), (version, args)
 
 
 def test_cache_args_follow_a_newer_execution_py(runtime):
@@ -57,7 +68,7 @@ def traceback_text(path, module):
 
 def passed(records, quiet):
     """The messages that get through the filter, in order."""
-    logger = logging.getLogger(f"quiet_audio_test_{id(quiet)}")
+    logger = logging.getLogger(f"quiet_optional_test_{id(quiet)}")
     logger.propagate = False
     logger.addFilter(quiet)
     kept = []
@@ -76,7 +87,7 @@ def startup(extras_failures):
         path = f"/opt/ComfyUI/comfy_extras/{file}"
         records += [traceback_text(path, module),
                     f"Cannot import {path} module for custom nodes: No module named '{module}'"]
-    records.append(quiet_audio.SUMMARY + ". This may be because they are missing some dependencies.\n")
+    records.append(quiet_optional.SUMMARY + ". This may be because they are missing some dependencies.\n")
     records += [f"IMPORT FAILED: {file}" for file, _ in extras_failures]
     records += ["\nThis issue might be caused by new missing dependencies added the last time you updated ComfyUI.",
                 "Please do a: pip install -r requirements.txt", ""]
@@ -94,14 +105,28 @@ def test_audio_noise_is_silenced_and_nothing_else():
     pack_records = [traceback_text(f"{pack}/__init__.py", "torchaudio"), through_extras,
                     f"Cannot import {pack} module for custom nodes: No module named 'torchaudio'"]
     records = startup([("nodes_audio.py", "torchaudio"), ("nodes_audio_encoder.py", "torchaudio")])
-    assert passed(records + pack_records + ["Starting server"], quiet_audio.MissingTorchaudio()) == [
+    assert passed(records + pack_records + ["Starting server"], quiet_optional.MissingOptional()) == [
         *pack_records, "Starting server"]
+
+
+def test_glsl_node_without_comfy_angle_is_silenced():
+    """ComfyUI 0.33.0 with torchaudio installed but not comfy-angle: the GLSL node's failure and the summary that
+    lists only it go, and so does the banner about the missing templates package; a failure of another core
+    file still shows with its summary."""
+    quiet = quiet_optional.MissingOptional(["OpenGL", "comfy_angle"], templates_missing=True)
+    records = startup([("nodes_glsl.py", "comfy_angle")])[1:]      # no "torchaudio missing" with torchaudio in
+    banner = "********** ERROR ***********\n\ncomfyui-workflow-templates is not installed.\n\nPlease install"
+    assert passed([*records, banner, "Starting server"], quiet) == ["Starting server"]
+    other = startup([("nodes_glsl.py", "comfy_angle"), ("nodes_canny.py", "kornia_missing_here")])[1:]
+    kept = passed(other, quiet_optional.MissingOptional(["comfy_angle"]))
+    assert "IMPORT FAILED: nodes_canny.py" in kept and any("kornia_missing_here" in t for t in kept), kept
+    assert not any("comfy_angle" in t for t in kept), kept
 
 
 def test_other_extras_failures_keep_the_summary():
     """When another comfy_extras file fails too, its traceback and the whole summary block stay visible."""
     records = startup([("nodes_audio.py", "torchaudio"), ("nodes_canny.py", "kornia_missing_here")])
-    kept = passed(records, quiet_audio.MissingTorchaudio())
+    kept = passed(records, quiet_optional.MissingOptional())
     assert any("kornia_missing_here" in t and t.startswith("Traceback") for t in kept), kept
-    assert "IMPORT FAILED: nodes_canny.py" in kept and any(t.startswith(quiet_audio.SUMMARY) for t in kept), kept
+    assert "IMPORT FAILED: nodes_canny.py" in kept and any(t.startswith(quiet_optional.SUMMARY) for t in kept), kept
     assert not any("torchaudio" in t for t in kept if not t.startswith("IMPORT FAILED")), kept
