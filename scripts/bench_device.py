@@ -74,7 +74,7 @@ class Timer:
 
 
 def forced(ratio, depth, ForcedRatio):
-    """ForcedRatio at `ratio`, or None where the policy refuses that share (today: above 0.5, until lazy chains)."""
+    """ForcedRatio at `ratio`, or None where the policy refuses that share."""
     try:
         return ForcedRatio(ratio, depth)
     except ValueError:
@@ -273,7 +273,7 @@ def main():
         sys.exit("bench_device: no CUDA device here; use --dry-run for the CPU check")
     if a.dry_run:
         args = argparse.Namespace(dtypes=["fp32"], rows=[2], dit_px=[32], dit_depth=2, pixart_px=272,
-                                  pixart_depth=1, steps=2, repeats=1, compile=False, comfy_images=2,
+                                  pixart_depth=1, steps=6, repeats=1, compile=False, comfy_images=2,
                                   comfy_steps=2, comfy_repeats=0, laziness=0.9)
         torch.set_num_threads(1)            # tiny sizes: one thread, not oversubscribing a shared CPU
     else:
