@@ -34,7 +34,7 @@ def calibrate(model, gates, step_counts=(10, 20, 50), thresholds=THRESHOLDS, row
     model: a DiT, or a denoiser (lazy_core.training.denoisers) for other models. A schedule (gates that read no
     input) decides the same for every image, so one image measures it exactly."""
     if gates.info.score == "log-cost" and thresholds is THRESHOLDS:
-        thresholds = cost_grid(gates, 64 if gates.static else 16)     # a schedule costs one image a run
+        thresholds = cost_grid(gates, 64 if gates.static or gates.chain is not None else 16)   # no sampling
     chains = gates.chain is not None and gates.info.granularity == "step"
     if chains and gates.static:
         return plan_table(gates, step_counts, thresholds)
@@ -107,7 +107,8 @@ def cost_grid(gates, points=16):
     logc = gates.prior.float().flatten()
     if gates.chain is not None:                # a long chain is worth its cost only at a higher price
         logc = torch.cat([logc, gates.chain[torch.isfinite(gates.chain)]])
-    lo, hi = float(logc.min()) - 2, float(logc.max()) + 2
+    # Below the cheapest cost: a schedule with more steps than was measured has cheaper chains (shorter gaps).
+    lo, hi = float(logc.min()) - 8, float(logc.max()) + 2
     q = torch.quantile(logc, torch.linspace(0, 1, points // 2))
     grid = {round(float(v), 4) for v in [*q.tolist(), *torch.linspace(lo, hi, points - points // 2).tolist()]}
     return sorted(grid)
