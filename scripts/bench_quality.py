@@ -47,9 +47,9 @@ def fmt(name, s, ref_seconds=None):
             f"{s['fid']:7.2f} {s['accuracy']:6.1%}")
 
 
-def laziness_for(gates, ratio):
-    """The slider value whose calibrated lazy ratio is `ratio`."""
-    top = max(r for _, r in gates.info.calibration)
+def laziness_for(gates, ratio, steps=None):
+    """The slider value whose calibrated lazy ratio is `ratio` (at `steps`, where the file calibrated it)."""
+    top = gates.expected_ratio(gates.threshold_for(1.0, steps), steps)
     return min(1.0, ratio / top)
 
 
@@ -141,16 +141,16 @@ def compare(args, model, dydit, classifier):
             share = k / n
             print(f"-- {k}/{n} steps lazy ({share:.0%})", flush=True)
             results = {}
-            lz = laziness_for(learned, share)
+            lz = laziness_for(learned, share, n)
             (gated, results["learned gates"]) = row(f"learned gates {n} @ {lz:.2f}", ev.sample(n, cfg, LearnedGates(
                 learned, learned.threshold_for(lz)), reuse))
             print(f"    input dependence of the learned gates: {input_dependence(gated.lazy_map):.1%} of "
                   f"decisions differ from the majority", flush=True)
-            ls = laziness_for(schedule, share)
+            ls = laziness_for(schedule, share, n)
             _, results["schedule"] = row(f"sensitivity schedule {n} @ {ls:.2f}", ev.sample(n, cfg, LearnedGates(
                 schedule, schedule.threshold_for(ls)), reuse))
             if local is not None and not args.short and share <= 0.5:
-                ll = laziness_for(local, share)
+                ll = laziness_for(local, share, n)
                 row(f"paper recipe gates {n} @ {ll:.2f}", ev.sample(n, cfg, LearnedGates(
                     local, local.threshold_for(ll)), reuse))
             if not args.short:
