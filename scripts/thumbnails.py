@@ -16,6 +16,7 @@ FOLDER = os.path.join(ROOT, "example_workflows")
 # Workflow -> the SaveImage nodes whose images make its thumbnail, one row each.
 RUNS = {
     "lazydit_demo_fashion": ["10"],
+    "lazydit_demo_fashion_3x": ["10"],
     "lazydit_compare_fashion": ["16", "14", "13"],
     "lazydit_dydit_fashion": ["17", "9"],
     "lazydit_sweep_fashion": ["8"],
