@@ -143,16 +143,16 @@ def compare(args, model, dydit, classifier):
             results = {}
             lz = laziness_for(learned, share, n)
             (gated, results["learned gates"]) = row(f"learned gates {n} @ {lz:.2f}", ev.sample(n, cfg, LearnedGates(
-                learned, learned.threshold_for(lz)), reuse))
+                learned, learned.threshold_for(lz, n), lz), reuse))
             print(f"    input dependence of the learned gates: {input_dependence(gated.lazy_map):.1%} of "
                   f"decisions differ from the majority", flush=True)
             ls = laziness_for(schedule, share, n)
             _, results["schedule"] = row(f"sensitivity schedule {n} @ {ls:.2f}", ev.sample(n, cfg, LearnedGates(
-                schedule, schedule.threshold_for(ls)), reuse))
+                schedule, schedule.threshold_for(ls, n), ls), reuse))
             if local is not None and not args.short and share <= 0.5:
                 ll = laziness_for(local, share, n)
                 row(f"paper recipe gates {n} @ {ll:.2f}", ev.sample(n, cfg, LearnedGates(
-                    local, local.threshold_for(ll)), reuse))
+                    local, local.threshold_for(ll, n), ll), reuse))
             if not args.short:
                 row(f"static mask of learned {n}", ev.sample(n, cfg, StaticMask(majority(gated)), reuse))
             # Random decisions at the learned gates' measured share (the first step always computes).
