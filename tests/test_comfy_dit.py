@@ -178,7 +178,7 @@ def test_sensitivity_objective_and_schedule_nodes(comfy, small_ckpt):
 
 
 def test_runs_plan_over_the_samplers_schedule(comfy, small_ckpt):
-    """KSampler hands its schedule to the plan: a schedule's lazy steps in ComfyUI (euler, normal, 10 steps)
+    """KSampler hands its schedule to the plan: a schedule's lazy steps in ComfyUI (euler, normal, 20 steps)
     are exactly those that lazy_core plans for the same timesteps."""
     import comfy.samplers
     import nodes as comfy_nodes
@@ -193,13 +193,13 @@ def test_runs_plan_over_the_samplers_schedule(comfy, small_ckpt):
     schedule = SensitivitySchedule.execute(model, "1", 3, 4.0, 1, "dit_plan").args[0]
     bank = schedule.model
     patched = ApplyLazyGates.execute(model, schedule, 0.6, 4, "auto", "auto").args[0]
-    comfy_nodes.common_ksampler(patched, 0, 10, 4.0, "euler", "normal", conditioning([1]), conditioning([1000]),
+    comfy_nodes.common_ksampler(patched, 0, 20, 4.0, "euler", "normal", conditioning([1]), conditioning([1000]),
                                 {"samples": torch.zeros(1, 4, 16, 16)})
     lazy_steps = session_of(patched).report["streams"][0]["lazy"].sum((1, 2)) > 0          # (steps,)
     sampling = model.get_model_object("model_sampling")
-    sigmas = comfy.samplers.calculate_sigmas(sampling, "normal", 10)
+    sigmas = comfy.samplers.calculate_sigmas(sampling, "normal", 20)
     timesteps = [float(t) for t in sampling.timestep(sigmas[:-1]).float()]
-    policy = LearnedGates(bank, bank.threshold_for(0.6))
+    policy = LearnedGates(bank, bank.threshold_for(0.6), 0.6)
     RunState(policy, CacheOptions(max_lazy_steps=4), timesteps)
     limits = policy.chains[1]                                                          # (steps, chain + 1)
     planned, run = [], 0
@@ -218,9 +218,9 @@ def test_schedule_node_progress_covers_every_model_call(comfy, small_ckpt):
     from lazydit.nodes.train_node import SCHEDULE_CALLS, SensitivitySchedule
 
     model = load(comfy, "dit_small.safetensors")
-    net = model.model.diffusion_model
+    first = model.model.diffusion_model.blocks[0]          # called once per model call, however it is called
     calls, updates = [0], []
-    handle = net.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    handle = first.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: updates.append((value,
                                                                                                          total)))
     try:

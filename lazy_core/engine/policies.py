@@ -62,7 +62,8 @@ def chain_costs(gates, timesteps, longest):
     measured schedule a chain of l steps leaves a gap of l + 1, so a gap g costs what the measured chain
     of g - 1 steps costs from the same place, interpolated over the start and, in log cost against log
     gap, over the length. Below the shortest measured gap the cost falls as that first segment's power
-    law; past the longest it is not allowed."""
+    law; above the longest it rises as the last one's, up to 1.5 times that gap (so a run of fewer steps
+    than was measured can still be lazy on single steps), and past that it is not allowed."""
     ref = gates.chain_t.double()                                        # (M,) descending
     table = gates.chain.double()                                        # (M - 1, L): log costs
     m, lmax = len(ref), table.shape[1]
@@ -86,10 +87,13 @@ def chain_costs(gates, timesteps, longest):
         ok = torch.isfinite(row)
         n = int(ok.sum())
         lg = math.log(gap)
-        if lg > float(log_gaps[n - 1]) + 1e-9:
+        if lg > float(log_gaps[n - 1]) + math.log(1.5):
             return math.inf
         if n == 1:
-            return float(row[0]) + 2.0 * (lg - float(log_gaps[0]))    # one point: cost ~ gap^2 below it
+            return float(row[0]) + 2.0 * (lg - float(log_gaps[0]))    # one point: cost ~ gap^2 around it
+        if lg > float(log_gaps[n - 1]):
+            slope = float((row[n - 1] - row[n - 2]) / (log_gaps[n - 1] - log_gaps[n - 2]))
+            return float(row[n - 1]) + max(slope, 2.0) * (lg - float(log_gaps[n - 1]))
         if lg <= float(log_gaps[0]):
             slope = float((row[1] - row[0]) / (log_gaps[1] - log_gaps[0]))
             return float(row[0]) + max(slope, 0.0) * (lg - float(log_gaps[0]))
