@@ -34,6 +34,10 @@ class LabelDenoiser:
         """A condition for `rows` sampled rows: a label per row."""
         return self.labels[torch.randint(0, len(self.labels), (rows,), generator=generator)]
 
+    def calls_per_step(self, rows, cfg_scale):
+        """Model calls of one guided evaluation of `rows` images: cond and uncond go in one batch."""
+        return 1
+
     def eps_fn(self, forward, cond, cfg_scale):
         return label_guidance(forward, cond.to(self.device), cfg_scale, self.null)
 
@@ -76,8 +80,14 @@ class ContextDenoiser:
         return self._forward(x.to(self.device), t.to(self.device), context.to(self.device)).float()
 
     def draw(self, rows, generator):
-        """A prompt index per row."""
-        return torch.randint(0, len(self.contexts), (rows,), generator=generator)
+        """A prompt index per row, every prompt as often as the rows allow (in a random order), so each one
+        is measured and a guided evaluation's calls are known before it runs (calls_per_step)."""
+        return (torch.arange(rows) % len(self.contexts))[torch.randperm(rows, generator=generator)]
+
+    def calls_per_step(self, rows, cfg_scale):
+        """Model calls of one guided evaluation of `rows` drawn images: one per prompt drawn (each has its
+        own token count), one for the negative."""
+        return min(rows, len(self.contexts)) + (cfg_scale != 1.0)
 
     def eps_fn(self, forward, cond, cfg_scale):
         """Guided eps: one call per prompt present, one for the negative (each its own stream)."""
