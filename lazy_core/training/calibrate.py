@@ -24,7 +24,7 @@ from ..engine.cache import CacheOptions
 from ..engine.policies import LearnedGates, chain_costs, chain_plan, plan_share
 from ..engine.run import LazyRun
 from ..models.diffusion import GaussianDiffusion, parse_step_counts, space_timesteps
-from .denoisers import as_denoiser
+from .denoisers import Counted, as_denoiser
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +47,8 @@ def calibrate(model, gates, step_counts=(10, 20, 50), thresholds=THRESHOLDS, row
         return plan_table(gates, step_counts, thresholds, getattr(gates, "measured", None))
     den = as_denoiser(model)
     rows = 1 if gates.static else rows
-    total = calibration_calls(den, gates, step_counts, thresholds, rows, cfg_scale)
-    done = [0]
-
-    def forward(*args, **kwargs):
-        out = den.forward(*args, **kwargs)
-        done[0] += 1
-        if on_progress is not None:
-            on_progress(done[0], total)
-        return out
+    forward = Counted(den.forward, calibration_calls(den, gates, step_counts, thresholds, rows, cfg_scale),
+                      on_progress)
     recipe = gates.info.recipe                                        # the forecast the costs were measured with
     options = CacheOptions(reuse=recipe.get("reuse", "repeat"), order=recipe.get("order", 1),
                            max_lazy_steps=gates.longest_chain)

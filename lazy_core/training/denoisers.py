@@ -125,6 +125,22 @@ class ContextDenoiser:
         return idx, self.contexts[p].expand(batch, -1, -1)
 
 
+class Counted:
+    """`forward` that counts its calls and reports each to on_progress(done, total): a progress bar over
+    model calls, whichever loop makes them."""
+
+    def __init__(self, forward, total, on_progress=None):
+        self.forward, self.total, self.on_progress = forward, total, on_progress
+        self.done = 0
+
+    def __call__(self, *args, **kwargs):
+        out = self.forward(*args, **kwargs)
+        self.done += 1
+        if self.on_progress is not None:
+            self.on_progress(self.done, self.total)
+        return out
+
+
 def as_denoiser(model):
     """A denoiser for `model`: itself if it is one, a LabelDenoiser for a DiT; else a clear error."""
     if hasattr(model, "training_batch"):

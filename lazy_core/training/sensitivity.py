@@ -29,7 +29,7 @@ from ..engine import forecast
 from ..engine.gates import MODULES, GateBank, GateInfo
 from ..engine.proxies import Attachment, describe
 from ..models.diffusion import GaussianDiffusion, space_timesteps
-from .denoisers import LabelDenoiser, as_denoiser
+from .denoisers import Counted, LabelDenoiser, as_denoiser
 
 EPS = 1e-20
 CHAIN = 4            # longest chain of lazy steps measured: 80 % lazy at 20 steps, where reuse saturates
@@ -157,9 +157,10 @@ def measure(model, steps=20, images=16, cfg_scale=4.0, seed=0, pooling="mean", o
     if per_step != len(row_images):
         raise RuntimeError(f"{type(den).__name__} makes {len(row_images)} calls per guided evaluation, not {per_step}")
     total = measure_calls(steps, depth, chain, modules, history) * per_step
-    done, evaluations = [0], [0]
+    evaluations = [0]
     if on_progress is not None:
         on_progress(0, total)
+    counted = Counted(den.forward, total, on_progress)
     kept = forecast.history(reuse, order)
 
     holder = _Holder()
@@ -167,11 +168,7 @@ def measure(model, steps=20, images=16, cfg_scale=4.0, seed=0, pooling="mean", o
 
     def forward(xx, tt, cc, stream=None):
         holder.call.next_call()
-        out = den.forward(xx, tt, cc)
-        done[0] += 1
-        if on_progress is not None:
-            on_progress(done[0], total)
-        return out
+        return counted(xx, tt, cc)
 
     def eps_with(calls, xx, k):
         holder.call = calls
@@ -253,7 +250,7 @@ def measure(model, steps=20, images=16, cfg_scale=4.0, seed=0, pooling="mean", o
         handle.detach()
     step_cost = costs[:, 0].clone() if chain else None
     return Costs(list(ts), cost, features, gain, step_cost, coherent, time.perf_counter() - t0, reuse, order,
-                 costs, evaluations[0], history, done[0])
+                 costs, evaluations[0], history, counted.done)
 
 
 #################################################################################

@@ -42,7 +42,7 @@ from ..models.diffusion import GaussianDiffusion, parse_step_counts, space_times
 from ..models.dit import DiT
 from ..models.labels import parse_labels
 from . import launch
-from .denoisers import LabelDenoiser, as_denoiser
+from .denoisers import Counted, LabelDenoiser, as_denoiser
 from .sensitivity import CHAIN, HISTORY, LEVELS, ORDER, fit_gates, measure, measure_calls
 
 log = logging.getLogger(__name__)
@@ -215,14 +215,7 @@ def train(model, args, real_latents=None, rank=0, world=1, labels=None, on_iter=
     opt = torch.optim.AdamW(gates.parameters(), lr=args.lr, weight_decay=0)
     diffusion = GaussianDiffusion()
     pairs = schedule_pairs(step_counts)
-    total, done = train_calls(denoiser, args), [0]
-
-    def forward(*a, **kw):
-        out = denoiser.forward(*a, **kw)
-        done[0] += 1
-        if on_progress is not None:
-            on_progress(done[0], total)
-        return out
+    forward = Counted(denoiser.forward, train_calls(denoiser, args), on_progress)
     pool = None
     if args.source == "self":
         pool = trajectory_pool(denoiser, diffusion, step_counts, args.pool, args.cfg_scale, args.seed, forward)
