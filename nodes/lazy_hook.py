@@ -15,7 +15,8 @@ from comfy.ldm.pixart.pixartms import PixArtMSBlock
 
 from ..lazy_core.engine.cache import CacheOptions, RunState
 from ..lazy_core.engine.policies import StepRange
-from ..lazy_core.engine.proxies import describe, register_block
+from ..lazy_core.engine.proxies import UnsupportedModelError, describe, register_block
+from ..lazy_core.models.dydit import LAZY_REFUSAL
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +116,18 @@ def apply_model(session, executor, x, t, c_concat=None, c_crossattn=None, contro
         state.end_call()
 
 
+def lazy_layout(net):
+    """(architecture, depth, width) of a diffusion model the cache nodes patch; a clear error for models
+    without supported blocks, and for DyDiT, whose dynamic widths no cache node's policy fits."""
+    layout = describe(net)
+    if layout[0] == "dydit":
+        raise UnsupportedModelError(LAZY_REFUSAL)
+    return layout
+
+
 def install(model, session):
     """A clone of `model` whose sampling runs go through `session`; replaces an earlier LazyDiT patch."""
-    describe(model.model.diffusion_model)      # raises a clear error for models without supported blocks
+    lazy_layout(model.model.diffusion_model)
     check_no_core_cache(model)
     m = model.clone()
     for kind in (WRAPPERS.OUTER_SAMPLE, WRAPPERS.APPLY_MODEL):

@@ -13,9 +13,8 @@ from comfy_api.latest import io
 from ..lazy_core.engine.cache import REUSE, CacheOptions
 from ..lazy_core.engine.gates import GateBank
 from ..lazy_core.engine.policies import LearnedGates, NeverLazy
-from ..lazy_core.engine.proxies import describe
 from .checks import Combo, Float, check_inputs, check_range
-from .lazy_hook import LazySession, in_range, install, range_title, session_of, step_range
+from .lazy_hook import LazySession, in_range, install, lazy_layout, range_title, session_of, step_range
 from .lazy_report import render_heatmap
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ def range_inputs():
 def apply_gates(model, gates, laziness, options, start_percent=0.0, end_percent=1.0):
     """`model` made lazy by `gates` at `laziness`, within the step range; returns (MODEL, expected text)."""
     bank = gates.model
-    arch, depth, width = describe(model.model.diffusion_model)
+    arch, depth, width = lazy_layout(model.model.diffusion_model)
     bank.check_fits(arch, depth, width, name="the loaded gates")
     if laziness <= 0:
         make_policy, expected = NeverLazy, "laziness 0: exact, nothing lazy"

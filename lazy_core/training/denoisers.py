@@ -28,7 +28,8 @@ class LabelDenoiser:
     def forward(self, x, t, y, stream=None):
         """All output channels (eps and learned sigma) in float32 on the model's device."""
         w = self.model.x_embedder.proj.weight
-        return DiT.forward(self.model, x.to(w.device, w.dtype), t.to(w.device), y.to(w.device)).float()
+        # The family's forward: a host subclass's own serves the host; a DyDiT's is dynamic, as it samples.
+        return self.model.family.forward(self.model, x.to(w.device, w.dtype), t.to(w.device), y.to(w.device)).float()
 
     def draw(self, rows, generator):
         """A condition for `rows` sampled rows: a label per row."""
