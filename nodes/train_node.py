@@ -21,6 +21,7 @@ from ..lazy_core.training.sensitivity import CHAIN, HISTORY, ORDER, measure, mea
 from ..lazy_core.training.train_gates import parser, train
 from .checks import Combo, Float, answer, check_inputs
 from .files import check_prefix, create_new
+from .lazy_hook import lazy_layout
 from .lazy_nodes import CATEGORY, GATES
 from .work import interruptible
 
@@ -37,6 +38,7 @@ def make_denoiser(model, labels, positive, negative, latent):
     """The model as lazy_core training sees it: class labels for a DiT, prompt contexts for PixArt."""
     base = model.model
     net = base.diffusion_model
+    lazy_layout(net)                          # a clear error for models the lazy caches cannot patch
     if isinstance(net, DiT):
         n = net.config.num_classes
         return LabelDenoiser(net, parse_labels(labels, n, names_for(n)))

@@ -81,6 +81,18 @@ def test_fora_refuses_a_dydit_model(comfy):
         ForaNode.execute(model, 2)
 
 
+def test_schedule_and_training_refuse_a_dydit_model_before_measuring(comfy):
+    from lazydit.lazy_core.engine.proxies import UnsupportedModelError
+    from lazydit.nodes.loaders import LoadDiT
+    from lazydit.nodes.train_node import SensitivitySchedule, TrainLazyGates
+
+    model = LoadDiT.execute(DYDIT, "auto").args[0]
+    with pytest.raises(UnsupportedModelError, match="DyDiT model.*do not combine"):
+        SensitivitySchedule.execute(model, "all", 2, 4.0, 0, "never_written")
+    with pytest.raises(UnsupportedModelError, match="DyDiT model.*do not combine"):
+        TrainLazyGates.execute(model, "all", 10, 2, 1e-4, "10", 0, "never_written")
+
+
 def test_width_node_refuses_a_dense_model_and_names_the_fix(comfy):
     from comfy_headless import WorkflowError
 
