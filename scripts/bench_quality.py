@@ -241,7 +241,7 @@ def compare_dydit_schedule(args, model, dydit, classifier):
 
     print(f"demo models, {len(ev.labels)} samples (10 classes x {args.per_class} x seeds {args.seeds}), cfg {cfg}, "
           f"DDIM; PSNR against the exact DiT run (DiT) and against DyDiT's complete model (DyDiT)")
-    print(f"| method | lazy | GMACs | MACs | wall s | PSNR DiT | PSNR DyDiT | SSIM DiT | FID | acc |")
+    print("| method | lazy | GMACs | MACs | wall s | PSNR DiT | PSNR DyDiT | SSIM DiT | FID | acc |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     exact = ev.sample(n, cfg)
     complete = ev.sample(n, cfg, dydit={"model": dydit, "route": "dense"})
