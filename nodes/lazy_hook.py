@@ -16,7 +16,7 @@ from comfy.ldm.pixart.pixartms import PixArtMSBlock
 from ..lazy_core.engine.cache import CacheOptions, RunState
 from ..lazy_core.engine.policies import StepRange
 from ..lazy_core.engine.proxies import UnsupportedModelError, describe, register_block
-from ..lazy_core.models.dydit import LAZY_REFUSAL
+from ..lazy_core.models.dydit import DENSE_GATES_REFUSAL, LAZY_REFUSAL
 
 log = logging.getLogger(__name__)
 
@@ -116,18 +116,22 @@ def apply_model(session, executor, x, t, c_concat=None, c_crossattn=None, contro
         state.end_call()
 
 
-def lazy_layout(net):
+def lazy_layout(net, gates=None):
     """(architecture, depth, width) of a diffusion model the cache nodes patch; a clear error for models
-    without supported blocks, and for DyDiT, whose dynamic widths no cache node's policy fits."""
+    without supported blocks. A DyDiT model takes only gates (a GateBank) made on a DyDiT, its Sensitivity
+    Schedule: its widths change with every step, which no other cache's decisions were made for."""
     layout = describe(net)
-    if layout[0] == "dydit":
+    if layout[0] == "dydit" and gates is None:
         raise UnsupportedModelError(LAZY_REFUSAL)
-    return layout
+    if layout[0] == "dydit" and gates.info.architecture == "dit":
+        raise UnsupportedModelError(DENSE_GATES_REFUSAL)
+    return layout                               # gates of another architecture: check_fits names both
 
 
-def install(model, session):
-    """A clone of `model` whose sampling runs go through `session`; replaces an earlier LazyDiT patch."""
-    lazy_layout(model.model.diffusion_model)
+def install(model, session, gates=None):
+    """A clone of `model` whose sampling runs go through `session` (whose policy uses `gates`, if any);
+    replaces an earlier LazyDiT patch."""
+    lazy_layout(model.model.diffusion_model, gates)
     check_no_core_cache(model)
     m = model.clone()
     for kind in (WRAPPERS.OUTER_SAMPLE, WRAPPERS.APPLY_MODEL):

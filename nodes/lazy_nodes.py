@@ -50,7 +50,7 @@ def range_inputs():
 def apply_gates(model, gates, laziness, options, start_percent=0.0, end_percent=1.0):
     """`model` made lazy by `gates` at `laziness`, within the step range; returns (MODEL, expected text)."""
     bank = gates.model
-    arch, depth, width = lazy_layout(model.model.diffusion_model)
+    arch, depth, width = lazy_layout(model.model.diffusion_model, bank)
     bank.check_fits(arch, depth, width, name="the loaded gates")
     if laziness <= 0:
         make_policy, expected = NeverLazy, "laziness 0: exact, nothing lazy"
@@ -74,7 +74,7 @@ def apply_gates(model, gates, laziness, options, start_percent=0.0, end_percent=
             expected += f" within the range{where}"
     make_policy = in_range(make_policy, step_range(model, start_percent, end_percent))
     title = f"LazyDiT gates, laziness {laziness:.2f}{range_title(start_percent, end_percent)}"
-    patched = install(model, LazySession(make_policy, options, title))
+    patched = install(model, LazySession(make_policy, options, title), bank)
     patched.set_additional_models("lazydit_gates", [gates])
     return patched, expected
 
@@ -140,8 +140,10 @@ class ApplyLazyGates(io.ComfyNode):
                         "Laziness 0 gives exactly the original model. Works with any sampler, scheduler and "
                         "step count; the cache lives for one sampling run.",
             inputs=[
-                io.Model.Input("model", tooltip="A DiT or PixArt model."),
-                GATES.Input("gates", tooltip="Gates trained for this model (Load Lazy Gates)."),
+                io.Model.Input("model", tooltip="A DiT or PixArt model, or a DyDiT with a Sensitivity Schedule "
+                                                "measured on it."),
+                GATES.Input("gates", tooltip="Gates trained for this model (Load Lazy Gates), or its Sensitivity "
+                                             "Schedule."),
                 Float("laziness", default=DEFAULT_LAZINESS, min=0.0, max=1.0, step=0.01,
                       display_mode=io.NumberDisplay.slider,
                       tooltip="0 = exact (never lazy); 1 = as lazy as the gates allow (gates with measured "

@@ -172,7 +172,7 @@ class LazinessSweep(io.ComfyNode):
         if gates is not None or patch is not None:
             check_no_core_cache(model)                  # else the exact column would run first
         if gates is not None:
-            gates.model.check_fits(*lazy_layout(net), name="gates")
+            gates.model.check_fits(*lazy_layout(net, gates.model), name="gates")
             options = CacheOptions(reuse="extrapolate")
             runs = [apply_gates(exact_model, gates, v, options, start_percent, end_percent)[0] for v in values[1:]]
             names = ["exact", *value_labels(values[1:])]

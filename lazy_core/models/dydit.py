@@ -36,9 +36,14 @@ from .dit import TORCH_OPS, Attention, DiT, DiTBlock, Mlp, modulate
 ROUTES = ("sliced", "masked", "dense")
 ROUTER_KEYS = ("attn_rate.router.weight", "mlp_rate.router.weight", "token_selection.mlp_head.0.weight")
 # What the ComfyUI cache nodes answer for a DyDiT model: only a schedule measured on the DyDiT fits it.
-LAZY_REFUSAL = ("this is a DyDiT model: it already skips heads, MLP channels and tokens at every step. "
-                "LazyDiT's caches (Apply Lazy Gates, FORA, Δ-DiT) do not combine with it: sample it alone, "
-                "or load the dense DiT for them")
+LAZY_REFUSAL = ("this is a DyDiT model: it already skips heads, MLP channels and tokens at every step, so "
+                "FORA, TaylorSeer, Δ-DiT and trained gates do not combine with it. Give Apply Lazy Gates a "
+                "LazyDiT Sensitivity Schedule measured on this DyDiT model, sample it alone, or load the dense "
+                "DiT for the other caches")
+DENSE_GATES_REFUSAL = ("these gates were made for the dense DiT, and this is a DyDiT model: its heads, MLP "
+                       "channels and tokens change with every step, so the dense model's gates do not combine "
+                       "with it. Connect a LazyDiT Sensitivity Schedule measured on this DyDiT model, or load "
+                       "the dense DiT for these gates")
 SLICE_CACHE = 2          # sliced weight sets kept per module: adjacent steps mostly share their widths
 
 
