@@ -13,7 +13,9 @@ from comfy_api.latest import io
 from ..lazy_core.engine.cache import REUSE, CacheOptions
 from ..lazy_core.engine.gates import GateBank
 from ..lazy_core.engine.policies import LearnedGates, NeverLazy
+from ..lazy_core.models.dydit import DyDiT, summarize
 from .checks import Combo, Float, check_inputs, check_range
+from .dit_model import dy_session_of
 from .lazy_hook import LazySession, in_range, install, lazy_layout, range_title, session_of, step_range
 from .lazy_report import render_heatmap
 
@@ -183,6 +185,16 @@ class ApplyLazyGates(io.ComfyNode):
         return io.NodeOutput(*apply_gates(model, gates, laziness, options, start_percent, end_percent))
 
 
+def dydit_line(model):
+    """For a DyDiT, what its run really computed: the MACs saved above count each lazy module at the dense
+    model's cost, while a DyDiT's computed ones ran at their step's widths and tokens."""
+    net = model.model.diffusion_model
+    session = dy_session_of(model)
+    if not isinstance(net, DyDiT) or session is None or not session.report:
+        return ""
+    return "\n" + summarize(net.config, session.report)["text"].splitlines()[0] + " (lazy steps count none)"
+
+
 class LazyReport(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -208,7 +220,7 @@ class LazyReport(io.ComfyNode):
         if report is None:
             raise ValueError("the lazy model has not been sampled yet: connect the LATENT of the sampler that "
                              "used this MODEL")
-        return io.NodeOutput(render_heatmap(report), report["text"])
+        return io.NodeOutput(render_heatmap(report), report["text"] + dydit_line(model))
 
 
 NODES = [LoadLazyGates, Laziness, ApplyLazyGates, LazyReport]
