@@ -5,9 +5,11 @@ interrupted one included); APPLY_MODEL opens a call per batch chunk, laid out by
 and swaps the module proxies into the diffusion model's blocks for exactly that call.
 """
 
+import ast
 import functools
 import logging
 import math
+import sys
 
 import comfy.patcher_extension
 import torch
@@ -16,6 +18,7 @@ from comfy.ldm.pixart.pixartms import PixArtMSBlock
 from ..lazy_core.engine.cache import CacheOptions, RunState
 from ..lazy_core.engine.policies import StepRange
 from ..lazy_core.engine.proxies import UnsupportedModelError, describe, register_block
+from ..lazy_core.models.checkpoint import blank_weights
 from ..lazy_core.models.dydit import DENSE_GATES_REFUSAL, LAZY_REFUSAL
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,31 @@ register_block(PixArtMSBlock, "pixart")          # self-attention and MLP; cross
 # model calls and answer with a cached output, so a lazy module's last output would come from a step that
 # never ran; the lazy cache and theirs also count steps differently. One cache per MODEL.
 CORE_CACHES = {"easycache": "EasyCache", "lazycache": "LazyCache"}
+
+
+class MissingKeys(logging.Handler):
+    """Core's loaders log a checkpoint's missing keys ("unet missing: [...]") and sample with those weights
+    left as they were allocated. This handler notes the keys on the model being loaded (the `self` of the
+    load_model_weights frame that logs them), so that a LazyDiT node can name them (patch_notes)."""
+
+    PREFIX = "unet missing: "
+
+    def emit(self, record):
+        if record.funcName != "load_model_weights" or not str(record.msg).startswith(self.PREFIX):
+            return
+        frame = sys._getframe()
+        while frame is not None and frame.f_code.co_name != "load_model_weights":
+            frame = frame.f_back
+        model = frame.f_locals.get("self") if frame is not None else None
+        try:
+            keys = ast.literal_eval(record.getMessage()[len(self.PREFIX):])
+        except (ValueError, SyntaxError):
+            return
+        if isinstance(model, torch.nn.Module) and isinstance(keys, list):
+            model.__dict__["_lazydit_missing"] = [str(k) for k in keys]
+
+
+logging.getLogger().addHandler(MissingKeys(logging.WARNING))
 
 
 class CacheConflictError(ValueError):
@@ -128,11 +156,42 @@ def lazy_layout(net, gates=None):
     return layout                               # gates of another architecture: check_fits names both
 
 
+def patch_notes(model):
+    """What the user should hear when a LazyDiT node patches `model` (a ModelPatcher): the earlier LazyDiT
+    patch it replaces, and weights that were never loaded."""
+    notes = []
+    earlier = session_of(model)
+    if earlier is not None:
+        notes.append(f"this replaces the MODEL's earlier LazyDiT patch ({earlier.title}): one LazyDiT patch "
+                     f"per MODEL, the last one applied wins")
+    missing = model.model.__dict__.get("_lazydit_missing")
+    if missing:
+        notes.append(f"the checkpoint lacks {len(missing)} of this model's weights ({shortlist(missing)}); the "
+                     f"loader only logged them as 'unet missing' and left them unset, so its images are wrong "
+                     f"with or without a cache: use a complete file")
+    net = model.model.diffusion_model
+    blank = net.__dict__.get("_lazydit_blank")
+    if blank is None and describe(net)[0] not in ("dit", "dydit"):   # the pack's DiT loader refuses such files itself
+        blank = net.__dict__["_lazydit_blank"] = blank_weights(net)
+    blank = [k for k in blank or () if k not in (missing or ())]
+    if blank:
+        notes.append(f"{len(blank)} weight tensors of this model are all zero or not finite ({shortlist(blank)}): "
+                     f"a damaged checkpoint, whose images are wrong with or without a cache; check the file")
+    return notes
+
+
+def shortlist(names, n=3):
+    more = f" and {len(names) - n} more" if len(names) > n else ""
+    return ", ".join(names[:n]) + more
+
+
 def install(model, session, gates=None):
     """A clone of `model` whose sampling runs go through `session` (whose policy uses `gates`, if any);
-    replaces an earlier LazyDiT patch."""
+    replaces an earlier LazyDiT patch. Logs patch_notes(model)."""
     lazy_layout(model.model.diffusion_model, gates)
     check_no_core_cache(model)
+    for note in patch_notes(model):
+        log.warning("LazyDiT: %s", note)
     m = model.clone()
     for kind in (WRAPPERS.OUTER_SAMPLE, WRAPPERS.APPLY_MODEL):
         m.remove_wrappers_with_key(kind, KEY)

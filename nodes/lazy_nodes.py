@@ -16,7 +16,7 @@ from ..lazy_core.engine.policies import LearnedGates, NeverLazy
 from ..lazy_core.models.dydit import DyDiT, summarize
 from .checks import Combo, Float, check_inputs, check_range
 from .dit_model import dy_session_of
-from .lazy_hook import LazySession, in_range, install, lazy_layout, range_title, session_of, step_range
+from .lazy_hook import LazySession, in_range, install, lazy_layout, patch_notes, range_title, session_of, step_range
 from .lazy_report import render_heatmap
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ def apply_gates(model, gates, laziness, options, start_percent=0.0, end_percent=
         if where:
             expected += f" within the range{where}"
     make_policy = in_range(make_policy, step_range(model, start_percent, end_percent))
+    expected = "; ".join([expected, *patch_notes(model)])
     title = f"LazyDiT gates, laziness {laziness:.2f}{range_title(start_percent, end_percent)}"
     patched = install(model, LazySession(make_policy, options, title), bank)
     patched.set_additional_models("lazydit_gates", [gates])

@@ -3,10 +3,10 @@ on its own trajectories (no data set) and save a gate file to models/lazy_gates.
 
 import logging
 import os
+import time
 
 import comfy.model_management as mm
 import comfy.model_patcher
-import comfy.utils
 import folder_paths
 import torch
 from comfy_api.latest import io
@@ -16,24 +16,26 @@ from ..lazy_core.models.diffusion import parse_step_counts
 from ..lazy_core.models.dit import DiT
 from ..lazy_core.models.dydit import DyDiT
 from ..lazy_core.models.labels import parse_labels
-from ..lazy_core.training.calibrate import calibrate
+from ..lazy_core.training.calibrate import THRESHOLDS, calibrate, calibration_calls
 from ..lazy_core.training.denoisers import ContextDenoiser, LabelDenoiser
 from ..lazy_core.training.sensitivity import CHAIN, HISTORY, ORDER, measure, measure_calls, schedule_bank
-from ..lazy_core.training.train_gates import parser, train
+from ..lazy_core.training.train_gates import LOSS_CALLS, parser, train, train_calls
 from .checks import Combo, Float, answer, check_inputs
 from .dit_model import DySession, dy_session_of
 from .files import check_prefix, create_new
 from .lazy_hook import lazy_layout
 from .lazy_nodes import CATEGORY, GATES
-from .work import interruptible
+from .work import CallBar, interruptible
 
 log = logging.getLogger(__name__)
 
 OBJECTIVES = {"sensitivity": "sensitivity", "local (paper)": "local"}
 SCHEDULE_STEPS = 20                       # trajectories measured at DDIM 20; the plan serves any step count
 SCHEDULE_CALIBRATION = (10, 20, 30, 50)
-# The same for every model depth: modules=False measures whole steps only.
+# Guided evaluations, the same for every model depth: modules=False measures whole steps only.
 SCHEDULE_CALLS = measure_calls(SCHEDULE_STEPS, 1, CHAIN, modules=False, history=HISTORY)
+CALLS_PER_STEP = ("a guided evaluation is one model call for a DiT (cond and uncond batched) and one per "
+                  "prompt plus one for the negative for PixArt")
 
 
 def make_denoiser(model, labels, positive, negative, latent, dydit=False):
@@ -83,8 +85,13 @@ class TrainLazyGates(io.ComfyNode):
                         "the size to train at). Objective `sensitivity` (default): measures what being lazy at "
                         "each step costs each final image and fits the gates to predict it from their input; "
                         "`local (paper)`: the paper's recipe (iterations, batch, pressure). Saves to "
-                        "models/lazy_gates with a calibration table (laziness -> lazy share). Minutes on a "
-                        "GPU; the small demo model trains in a few minutes on a CPU.",
+                        "models/lazy_gates with a calibration table (laziness -> lazy share). Cost: "
+                        f"sensitivity: {SCHEDULE_CALLS} guided evaluations of `batch` images, calibrated "
+                        "from the plan at no further cost; local: sum(step_counts) guided evaluations of 64 "
+                        f"or more images for its trajectories, {LOSS_CALLS} model calls per iteration, then "
+                        f"{len(THRESHOLDS)} x sum(step_counts) guided evaluations of 8 images to calibrate; "
+                        f"{CALLS_PER_STEP}. The node's text gives the calls and seconds. Minutes on a GPU; "
+                        "the small demo model trains in a few minutes on a CPU.",
             inputs=[
                 io.Model.Input("model", tooltip="A DiT (Load DiT Checkpoint) or a PixArt model."),
                 io.String.Input("labels", default="all", tooltip="DiT: classes to learn from: 'all', '0-9', "
@@ -131,21 +138,24 @@ class TrainLazyGates(io.ComfyNode):
                                     "--rho", str(laziness_pressure), "--step-counts", step_counts,
                                     "--seed", str(seed), "--pool", str(max(batch, 64)),
                                     "--objective", OBJECTIVES[objective], "--images", str(batch)])
-        pbar = comfy.utils.ProgressBar(iterations)
+        # Planned calls until the gates exist; finish() then counts the calibration exactly.
+        sampled = 0 if args.objective == "sensitivity" else (len(THRESHOLDS) * sum(counts)
+                                                          * denoiser.calls_per_step(8, 4.0))
+        bar = CallBar(train_calls(denoiser, args), sampled)
         losses = []
-
-        def on_iter(i, total, loss):
-            losses.append(loss)
-            pbar.update_absolute(i, total)
+        t0 = time.perf_counter()
         with interruptible(denoiser.model):
             with torch.inference_mode(False), torch.enable_grad():
-                gates = train(denoiser, args, on_iter=on_iter)
-            path = finish(gates, denoiser, counts, filename_prefix)
+                gates = train(denoiser, args, on_iter=lambda i, n, loss: losses.append(loss),
+                              on_progress=bar.phase(0))
+            trained, seconds = bar.calls, time.perf_counter() - t0
+            path = finish(gates, denoiser, counts, filename_prefix, bar)
         if args.objective == "local":
             done = f"loss {losses[0]:.5f} -> {losses[-1]:.5f} over {iterations} iterations"
         else:
             done = f"{batch} trajectories measured, held-out R² {gates.info.recipe['r2_holdout_mean']:.3f}"
-        text = f"saved {shown(path)}; {done}; {calibration_text(gates)}"
+        text = (f"saved {shown(path)}; {done}; {cost_text(trained, seconds, bar.calls - trained, t0)}; "
+                f"{calibration_text(gates)}")
         log.info(text)
         return io.NodeOutput(as_patcher(gates), text)
 
@@ -157,10 +167,19 @@ def calibration_text(gates):
                                                   for lz in (0.2, 0.4, 0.6, 0.8, 1.0)) + f" (max {top:.0%})"
 
 
-def finish(gates, denoiser, counts, prefix):
-    """Calibrates at `counts`, saves to models/lazy_gates as prefix_NNNNN.safetensors; returns the path."""
+def cost_text(calls, seconds, calibration, t0):
+    """What a node's work cost: its measuring or training calls and seconds, then the calibration's."""
+    total = time.perf_counter() - t0
+    how = f"{calibration} model calls, {total - seconds:.0f} s" if calibration else "from the plan, no model calls"
+    return f"{calls} model calls in {seconds:.0f} s; calibrated {how}"
+
+
+def finish(gates, denoiser, counts, prefix, bar):
+    """Calibrates at `counts` (the bar's phase 1), saves to models/lazy_gates as prefix_NNNNN.safetensors;
+    returns the path."""
+    bar.phase(1)(0, calibration_calls(denoiser, gates, counts))
     with torch.no_grad():
-        gates.info.calibration, per_steps = calibrate(denoiser, gates, step_counts=counts)
+        gates.info.calibration, per_steps = calibrate(denoiser, gates, step_counts=counts, on_progress=bar.phase(1))
     gates.__dict__.pop("measured", None)
     gates.info.recipe["calibration_per_steps"] = per_steps
     return create_new(folder_paths.get_folder_paths("lazy_gates")[0], prefix, gates.to_bytes())
@@ -188,10 +207,11 @@ class SensitivitySchedule(io.ComfyNode):
                         "model samples a few of its own trajectories, measures how much being lazy at each "
                         "step would change the final image, and the run then spends its lazy budget on the "
                         "steps where that costs least, in chains of up to 4 lazy steps (a chain's cost is "
-                        f"measured, not summed). Plug the output into Apply Lazy Gates. {SCHEDULE_CALLS} guided "
-                        "model calls over a batch of `images` images (cond and uncond), whatever the model; "
-                        "the calibration follows from the plan and costs none (a few minutes for the demo "
-                        "model on a CPU); saved to models/lazy_gates.",
+                        f"measured, not summed). Plug the output into Apply Lazy Gates. Cost: {SCHEDULE_CALLS} "
+                        f"guided evaluations of a batch of `images` images, whatever the model; {CALLS_PER_STEP}. "
+                        "The calibration follows from the plan and makes no model call. The progress bar "
+                        "counts every call, and the node's text gives the count and the seconds (a few "
+                        "minutes for the demo model on a CPU). Saved to models/lazy_gates.",
             inputs=[
                 io.Model.Input("model", tooltip="A DiT (Load DiT Checkpoint) or a PixArt model."),
                 io.String.Input("labels", default="all", tooltip="DiT: classes to measure on: 'all', '0-9', "
@@ -222,18 +242,20 @@ class SensitivitySchedule(io.ComfyNode):
         check_prefix(filename_prefix)
         mm.load_models_gpu([model])
         denoiser = make_denoiser(model, labels, positive, negative, latent, dydit=True)
-        pbar = comfy.utils.ProgressBar(SCHEDULE_CALLS)
+        bar = CallBar(SCHEDULE_CALLS * denoiser.calls_per_step(images, cfg), 0)
+        t0 = time.perf_counter()
         with interruptible(denoiser.model):
             costs = measure(denoiser, steps=SCHEDULE_STEPS, images=images, cfg_scale=cfg, seed=seed, order=ORDER,
-                            chain=CHAIN, modules=False, history=HISTORY,
-                            on_progress=lambda i, n: pbar.update_absolute(i, n))
+                            chain=CHAIN, modules=False, history=HISTORY, on_progress=bar.phase(0))
             gates = schedule_bank(denoiser, costs, recipe={"measure_steps": SCHEDULE_STEPS, "images": images,
                                                            "cfg_scale": cfg, "seed": seed,
-                                                           "measure_calls": costs.calls})
+                                                           "measure_calls": costs.calls,
+                                                           "model_calls": costs.model_calls})
             gates.info.recipe["measure_seconds"] = round(costs.seconds, 1)
-            path = finish(gates, denoiser, SCHEDULE_CALIBRATION, filename_prefix)
-        text = (f"saved {shown(path)}; measured {images} trajectories in {costs.calls} model calls, "
-                f"{costs.seconds:.0f} s; {calibration_text(gates)}")
+            path = finish(gates, denoiser, SCHEDULE_CALIBRATION, filename_prefix, bar)
+        text = (f"saved {shown(path)}; measured {images} trajectories ({costs.calls} guided evaluations) in "
+                f"{cost_text(costs.model_calls, costs.seconds, bar.calls - costs.model_calls, t0)}; "
+                f"{calibration_text(gates)}")
         log.info(text)
         return io.NodeOutput(as_patcher(gates), text)
 

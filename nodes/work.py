@@ -8,6 +8,7 @@ node stops within one model call."""
 import contextlib
 
 import comfy.model_management as mm
+import comfy.utils
 import torch
 
 
@@ -28,3 +29,25 @@ def interruptible(diffusion_model):
     finally:
         for handle in handles:
             handle.remove()
+
+
+class CallBar:
+    """One progress bar over a node's phases (training, calibration, ...), counted in model calls.
+
+    Each phase reports its own (done, total); the bar shows their sums, so its total is the calls the node
+    makes, planned up front and corrected by each phase's own count once it starts."""
+
+    def __init__(self, *planned):
+        self.planned = list(planned)
+        self.done = [0] * len(planned)
+        self.bar = comfy.utils.ProgressBar(max(1, sum(planned)))
+
+    def phase(self, k):
+        def report(done, total):
+            self.done[k], self.planned[k] = done, total
+            self.bar.update_absolute(sum(self.done), sum(self.planned))
+        return report
+
+    @property
+    def calls(self):
+        return sum(self.done)

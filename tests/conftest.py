@@ -46,6 +46,34 @@ def clean_output(comfy):
 
 
 @pytest.fixture(scope="session")
+def counted(comfy):
+    """counted(model, run) -> (run(), model calls made, progress updates (value, total))."""
+    return _counted
+
+
+def _counted(model, run):
+    """(run's result, model calls made, progress updates (value, total)): calls are counted at the first
+    block, which every model call reaches however it is made."""
+    import comfy.utils
+
+    first = model.model.diffusion_model.blocks[0]
+    calls, updates = [0], []
+    handle = first.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: updates.append((value,
+                                                                                                         total)))
+    try:
+        result = run()
+    finally:
+        handle.remove()
+        comfy.utils.set_progress_bar_global_hook(None)
+    text = result[-1] if isinstance(result, tuple) and isinstance(result[-1], str) else ""
+    if text.startswith("saved "):          # gate files the node wrote: later tests list the folder
+        import folder_paths
+        os.remove(os.path.join(folder_paths.base_path, text[len("saved "):].split(";")[0]))
+    return result, calls[0], updates
+
+
+@pytest.fixture(scope="session")
 def runtime():
     """scripts/comfy_headless.py as a module (paths, base-directory layout)."""
     return headless

@@ -211,26 +211,41 @@ def test_runs_plan_over_the_samplers_schedule(comfy, small_ckpt):
     assert any(planned) and any(a and b for a, b in zip(planned, planned[1:])), "no chain planned"
 
 
-def test_schedule_node_progress_covers_every_model_call(comfy, small_ckpt):
+def test_schedule_node_progress_covers_every_model_call(comfy, small_ckpt, counted):
     """The Sensitivity Schedule's progress bar counts every model call it makes (measuring; the calibration
-    follows from the plan and makes none), ends at its total, and the node's text and recipe say the count."""
-    import comfy.utils
+    follows from the plan and makes none), its total is the calls made from its first update on, it ends
+    at 100 %, and the node's text and recipe say the count."""
     from lazydit.nodes.train_node import SCHEDULE_CALLS, SensitivitySchedule
 
     model = load(comfy, "dit_small.safetensors")
-    first = model.model.diffusion_model.blocks[0]          # called once per model call, however it is called
-    calls, updates = [0], []
-    handle = first.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: updates.append((value,
-                                                                                                         total)))
-    try:
-        gates, info = SensitivitySchedule.execute(model, "1", 2, 4.0, 0, "dit_count").args
-    finally:
-        handle.remove()
-        comfy.utils.set_progress_bar_global_hook(None)
-    assert calls[0] == SCHEDULE_CALLS == gates.model.info.recipe["measure_calls"]
-    assert updates[-1] == (SCHEDULE_CALLS, SCHEDULE_CALLS) and all(t == SCHEDULE_CALLS for _, t in updates)
-    assert f"in {SCHEDULE_CALLS} model calls" in info
+    (gates, info), calls, updates = counted(model, lambda: SensitivitySchedule.execute(model, "1", 2, 4.0, 0,
+                                                                                       "dit_count").args)
+    assert calls == SCHEDULE_CALLS == gates.model.info.recipe["measure_calls"]    # a DiT: one call per step
+    assert updates[-1] == (calls, calls) and all(t == calls for _, t in updates)
+    assert f"in {SCHEDULE_CALLS} model calls" in info and "calibrated from the plan, no model calls" in info
+
+
+@pytest.mark.parametrize("objective", ["sensitivity", "local (paper)"])
+def test_train_node_progress_covers_every_model_call(comfy, small_ckpt, objective, counted):
+    """Train Lazy Gates' bar runs over training and calibration alike: its total is the calls made and it
+    ends at 100 %. The sensitivity objective calibrates from the plan (no calls beyond measuring); the
+    paper's gates read their input, so they are calibrated by sampling, counted in the text."""
+    from lazydit.lazy_core.training.calibrate import THRESHOLDS
+    from lazydit.lazy_core.training.train_gates import LOSS_CALLS
+    from lazydit.nodes.train_node import SCHEDULE_CALLS, TrainLazyGates
+
+    model = load(comfy, "dit_small.safetensors")
+    (_, text), calls, updates = counted(model, lambda: TrainLazyGates.execute(
+        model, "1", 10, 2, 1e-3, "4", 0, "dit_count", objective=objective).args)
+    assert updates[-1] == (calls, calls) and updates[-1][1] == max(t for _, t in updates)
+    if objective == "sensitivity":
+        assert calls == SCHEDULE_CALLS
+        assert f"{calls} model calls in" in text and "calibrated from the plan, no model calls" in text
+    else:
+        trained, sampled = 4 + LOSS_CALLS * 10, len(THRESHOLDS) * 4        # trajectories + iterations; the table
+        assert calls == trained + sampled
+        assert all(t == calls for v, t in updates if v > trained), "the calibration's calls counted exactly"
+        assert f"{trained} model calls in" in text and f"calibrated {sampled} model calls" in text
 
 
 def test_bad_files_give_clear_errors(comfy, small_ckpt, tmp_path, monkeypatch):

@@ -95,3 +95,31 @@ def test_shipped_gates_reach_their_calibrated_ratio(name):
     low, high = (0.75, 0.8) if gates.chain is not None else (0.45, 0.5)
     assert low <= top <= high, f"{name}: most laziness {top}"
     assert gates.expected_ratio(gates.threshold_for(0.5, 20), 20) == pytest.approx(top / 2, abs=0.02)
+
+
+def test_learned_gates_table_from_the_plan_matches_sampling():
+    """Learned chain gates are calibrated without sampling: each image's decisions are predicted from the
+    gates' input along its exact trajectory and planned (calibrate.plan_table). On the same 8 images the
+    lazy share sampled with the gates at DDIM 10 and 20 agrees within 2 points at every threshold from
+    nothing lazy to the most, though sampling moves the gates' input along the lazy trajectory."""
+    from lazydit.lazy_core.engine.gates import GateBank
+    from lazydit.lazy_core.models.checkpoint import load_model
+    from lazydit.lazy_core.training.calibrate import calibrate, from_plan, grid_for, plan_table
+    from lazydit.lazy_core.training.denoisers import LabelDenoiser
+    from lazydit.lazy_core.training.sensitivity import measure
+
+    model = load_model(os.path.join(WEIGHTS, "dit_demo_fashion.safetensors"))
+    gates = GateBank.load(os.path.join(WEIGHTS, "dit_demo_fashion_gates.safetensors"))
+    assert not gates.static and gates.chain is not None and not from_plan(gates), "read back: sampled"
+    # The thresholds where the share at 20 steps moves, from a few percent to the most.
+    shares = dict((t, r) for t, r in gates.info.recipe["calibration_per_steps"]["20"])
+    moving = [t for t in grid_for(gates) if 0.02 < shares.get(t, 0.5) or t > max(shares)]
+    thresholds = moving[:: max(1, len(moving) // 6)]
+    exact = measure(LabelDenoiser(model), 20, 8, 4.0, 0, chain=0, modules=False)     # calibrate's images
+    assert exact.calls == 20
+    _, predicted = plan_table(gates, (10, 20), thresholds, exact)
+    _, sampled = calibrate(model, gates, step_counts=(10, 20), thresholds=thresholds, rows=8)
+    for n in (10, 20):
+        gaps = [abs(p - s) for (_, p), (_, s) in zip(predicted[n], sampled[n])]
+        assert max(gaps) <= 0.02, f"DDIM {n}: predicted {predicted[n]} vs sampled {sampled[n]}"
+    assert sampled[20][-1][1] > 0.6 and sampled[20][0][1] < 0.2, f"the thresholds span the slider: {sampled[20]}"

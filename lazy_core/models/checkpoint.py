@@ -91,6 +91,24 @@ def check_finite(sd):
                               f"draw black images; use another checkpoint")
 
 
+@torch.no_grad()
+def blank_weights(module):
+    """Names of `module`'s weights that hold nothing a trained model holds: every value zero (or a denormal
+    left in fresh memory) or not finite. A loader that only logs missing keys (core UNETLoader) leaves
+    them so; weights not yet materialised (meta) are skipped."""
+    names = []
+    for name, p in module.named_parameters():
+        if p.numel() == 0 or p.is_meta or not p.is_floating_point():
+            continue
+        try:
+            top = p.detach().abs().amax().float()
+        except (RuntimeError, TypeError, NotImplementedError):     # quantised storage: nothing to tell
+            continue
+        if not torch.isfinite(top) or float(top) < 1e-30:
+            names.append(name)
+    return names
+
+
 def read_checkpoint(path, name=None):
     """(state dict, DiTConfig) of a DiT file, checked before any model is built: readable, tensors only, the
     keys and shapes of the config the tensors imply, a metadata config that agrees, and finite weights."""

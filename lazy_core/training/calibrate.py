@@ -1,16 +1,22 @@
-"""Calibration: the lazy ratio gates actually reach at each threshold, measured by sampling.
+"""Calibration: the lazy share gates reach at each threshold, from their plan or by sampling.
 
 The table (threshold -> ratio, averaged over step counts) is what the laziness slider shows; the per-step-
 count rows, including step counts the gates were not trained for, show how far that average holds.
 
+What it costs (calibration_calls): a chain schedule's table follows from its plan, and learned chain gates'
+from the trajectories they were just fitted on, so neither makes a model call. Other gates (and learned
+chain gates read back from a file) are sampled: one run per threshold and step count over 8 images, i.e.
+thresholds x sum(step counts) guided evaluations (64 x 80 = 5120 for a chain file at 10,20,50).
+
     python -m lazy_core.training.calibrate --model weights/dit_demo_fashion.safetensors \
         --gates my_gates.safetensors
-re-measures a gate file's table in place (for instance at the step counts you use).
+re-measures a gate file's table in place (for instance at the step counts you use) and logs its calls and time.
 """
 
 import argparse
 import logging
 import math
+import time
 
 import torch
 
@@ -18,7 +24,7 @@ from ..engine.cache import CacheOptions
 from ..engine.policies import LearnedGates, chain_costs, chain_plan, plan_share
 from ..engine.run import LazyRun
 from ..models.diffusion import GaussianDiffusion, parse_step_counts, space_timesteps
-from .denoisers import as_denoiser
+from .denoisers import Counted, as_denoiser
 
 log = logging.getLogger(__name__)
 
@@ -28,21 +34,21 @@ THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.9
 
 
 @torch.no_grad()
-def calibrate(model, gates, step_counts=(10, 20, 50), thresholds=THRESHOLDS, rows=8, cfg_scale=4.0, seed=0):
+def calibrate(model, gates, step_counts=(10, 20, 50), thresholds=THRESHOLDS, rows=8, cfg_scale=4.0, seed=0,
+              on_progress=None):
     """Returns (table [[threshold, mean ratio]], per_steps {steps: [[threshold, ratio]]}).
 
     model: a DiT, or a denoiser (lazy_core.training.denoisers) for other models. A schedule (gates that read no
-    input) decides the same for every image, so one image measures it exactly."""
-    if gates.info.score == "log-cost" and thresholds is THRESHOLDS:
-        thresholds = cost_grid(gates, 64 if gates.static or gates.chain is not None else 16)   # no sampling
-    chains = gates.chain is not None and gates.info.granularity == "step"
-    if chains and gates.static:
-        return plan_table(gates, step_counts, thresholds)
-    measured = getattr(gates, "measured", None)         # the Costs the gates were fitted on, when at hand
-    if chains and measured is not None:
-        return plan_table(gates, step_counts, thresholds, measured)
+    input) decides the same for every image, so one image measures it exactly; where the table follows from
+    the plan (from_plan), nothing is sampled. Model calls: calibration_calls(...) with the same arguments;
+    on_progress(done, total) reports each one."""
+    thresholds = grid_for(gates, thresholds)
+    if from_plan(gates):
+        return plan_table(gates, step_counts, thresholds, getattr(gates, "measured", None))
     den = as_denoiser(model)
     rows = 1 if gates.static else rows
+    forward = Counted(den.forward, calibration_calls(den, gates, step_counts, thresholds, rows, cfg_scale),
+                      on_progress)
     recipe = gates.info.recipe                                        # the forecast the costs were measured with
     options = CacheOptions(reuse=recipe.get("reuse", "repeat"), order=recipe.get("order", 1),
                            max_lazy_steps=gates.longest_chain)
@@ -54,7 +60,7 @@ def calibrate(model, gates, step_counts=(10, 20, 50), thresholds=THRESHOLDS, row
     for n in step_counts:
         per_steps[n] = []
         for thr in thresholds:
-            with LazyRun(den.model, LearnedGates(gates, thr), options, forward=den.forward,
+            with LazyRun(den.model, LearnedGates(gates, thr), options, forward=forward,
                          streams=den.run_streams(cfg_scale), timesteps=space_timesteps(n)[::-1]) as run:
                 diffusion.ddim_loop(den.eps_fn(run, cond, cfg_scale), noise, n)
             per_steps[n].append([thr, round(run.report["ratio"], 4)])
@@ -63,6 +69,30 @@ def calibrate(model, gates, step_counts=(10, 20, 50), thresholds=THRESHOLDS, row
     return table, per_steps
 
 
+def from_plan(gates):
+    """Whether the table follows from the plan without sampling: a chain schedule (its decisions read no
+    input), or learned chain gates with the trajectories they were fitted on at hand (gates.measured)."""
+    chains = gates.chain is not None and gates.info.granularity == "step"
+    return chains and (gates.static or getattr(gates, "measured", None) is not None)
+
+
+def grid_for(gates, thresholds=THRESHOLDS):
+    """The thresholds a table is made at: log-cost banks get a grid over their own costs."""
+    if gates.info.score == "log-cost" and thresholds is THRESHOLDS:
+        return cost_grid(gates, 64 if gates.static or gates.chain is not None else 16)
+    return thresholds
+
+
+def calibration_calls(model, gates, step_counts, thresholds=THRESHOLDS, rows=8, cfg_scale=4.0):
+    """Model calls calibrate() makes with these arguments: none where the table follows from the plan, else
+    a sampled run per threshold and step count over `rows` images (one for a schedule)."""
+    if from_plan(gates):
+        return 0
+    per_step = as_denoiser(model).calls_per_step(1 if gates.static else rows, cfg_scale)
+    return len(grid_for(gates, thresholds)) * sum(step_counts) * per_step
+
+
+@torch.no_grad()
 def plan_table(gates, step_counts, thresholds, measured=None):
     """The same table without sampling: the lazy share of the plan at each threshold on each step count's
     DDIM schedule. A schedule (decisions that read no input) decides alike for every image, so its plan
@@ -125,7 +155,10 @@ def main(args):
     gates = GateBank.load(args.gates)
     gates.check_fits("dit", model.config.depth, model.config.hidden_size, name=args.gates)
     counts = parse_step_counts(args.step_counts)
+    t0 = time.perf_counter()
     gates.info.calibration, per_steps = calibrate(model, gates, step_counts=counts)
+    log.info("calibrated in %d model calls, %.0f s (%s)", calibration_calls(model, gates, counts),
+             time.perf_counter() - t0, "from the plan" if from_plan(gates) else "sampled")
     gates.info.recipe["calibration_per_steps"] = per_steps
     gates.info.source_model = file_sha256(args.model)
     trained = set(gates.info.recipe.get("step_counts", []))

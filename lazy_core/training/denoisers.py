@@ -37,6 +37,10 @@ class LabelDenoiser:
         """A condition for `rows` sampled rows: a label per row."""
         return self.labels[torch.randint(0, len(self.labels), (rows,), generator=generator)]
 
+    def calls_per_step(self, rows, cfg_scale):
+        """Model calls of one guided evaluation of `rows` images: cond and uncond go in one batch."""
+        return 1
+
     def eps_fn(self, forward, cond, cfg_scale):
         return label_guidance(forward, cond.to(self.device), cfg_scale, self.null)
 
@@ -79,8 +83,14 @@ class ContextDenoiser:
         return self._forward(x.to(self.device), t.to(self.device), context.to(self.device)).float()
 
     def draw(self, rows, generator):
-        """A prompt index per row."""
-        return torch.randint(0, len(self.contexts), (rows,), generator=generator)
+        """A prompt index per row, every prompt as often as the rows allow (in a random order), so each one
+        is measured and a guided evaluation's calls are known before it runs (calls_per_step)."""
+        return (torch.arange(rows) % len(self.contexts))[torch.randperm(rows, generator=generator)]
+
+    def calls_per_step(self, rows, cfg_scale):
+        """Model calls of one guided evaluation of `rows` drawn images: one per prompt drawn (each has its
+        own token count), one for the negative."""
+        return min(rows, len(self.contexts)) + (cfg_scale != 1.0)
 
     def eps_fn(self, forward, cond, cfg_scale):
         """Guided eps: one call per prompt present, one for the negative (each its own stream)."""
@@ -116,6 +126,22 @@ class ContextDenoiser:
         own = (conds == p).nonzero().squeeze(1)
         idx = own[torch.randint(0, len(own), (batch,), generator=generator)]
         return idx, self.contexts[p].expand(batch, -1, -1)
+
+
+class Counted:
+    """`forward` that counts its calls and reports each to on_progress(done, total): a progress bar over
+    model calls, whichever loop makes them."""
+
+    def __init__(self, forward, total, on_progress=None):
+        self.forward, self.total, self.on_progress = forward, total, on_progress
+        self.done = 0
+
+    def __call__(self, *args, **kwargs):
+        out = self.forward(*args, **kwargs)
+        self.done += 1
+        if self.on_progress is not None:
+            self.on_progress(self.done, self.total)
+        return out
 
 
 def as_denoiser(model):

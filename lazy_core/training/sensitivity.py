@@ -29,7 +29,7 @@ from ..engine import forecast
 from ..engine.gates import MODULES, GateBank, GateInfo
 from ..engine.proxies import Attachment, describe
 from ..models.diffusion import GaussianDiffusion, space_timesteps
-from .denoisers import LabelDenoiser, as_denoiser
+from .denoisers import Counted, LabelDenoiser, as_denoiser
 
 EPS = 1e-20
 CHAIN = 4            # longest chain of lazy steps measured: 80 % lazy at 20 steps, where reuse saturates
@@ -53,6 +53,7 @@ class Costs:
     chain: torch.Tensor = None       # (steps, longest, images): [i, l - 1] steps i .. i + l - 1 lazy; inf: n/a
     calls: int = 0                   # guided evaluations made
     history: str = "exact"           # the computed outputs a chain's forecast started from (see measure)
+    model_calls: int = 0             # calls of the model (a guided evaluation makes one or more)
 
 
 class _Holder:
@@ -127,16 +128,18 @@ def measure(model, steps=20, images=16, cfg_scale=4.0, seed=0, pooling="mean", o
 
       chain      the final-image error of every run of up to `chain` consecutive lazy steps (every module
                  lazy), each run measured on its own: the exact trajectory to its start, the chain, the
-                 exact rest; chain 1 gives the cost of each step lazy alone (step_cost).
+                 exact rest; chain 1 gives the cost of each step lazy alone (step_cost); chain 0 only
+                 the exact pass (features and outputs, no costs).
       modules    also each module's first-order cost at each step (cost; module-level gates).
       history    which computed outputs a chain's forecast starts from. "exact": every step before the
                  chain computed (what a run lazy on that chain alone does). "periodic": the computed steps
                  spaced as in a run of such chains (i - 1, i - 1 - (l + 1), ...), what a forecast sees in
                  a run lazy most of the time; the outputs are the exact trajectory's.
 
-    model: a DiT or a denoiser. Model calls: measure_calls(steps, depth, chain, modules), each over the
-    guided batch (458 for DDIM 20 with chain 1 and modules, 209 + ... see measure_calls). on_progress(done,
-    total) reports each one."""
+    model: a DiT or a denoiser. Guided evaluations: measure_calls(steps, depth, chain, modules, history),
+    each over the guided batch of `images`, in den.calls_per_step(images, cfg_scale) model calls (a DiT: one,
+    cond and uncond batched; PixArt: one per prompt and one for the negative). on_progress(done, total)
+    reports each model call, from (0, total) on."""
     t0 = time.perf_counter()
     den = as_denoiser(model)
     _, depth, width = describe(den.model)
@@ -150,8 +153,14 @@ def measure(model, steps=20, images=16, cfg_scale=4.0, seed=0, pooling="mean", o
     row_images = den.row_images(cond, cfg_scale)
     if history not in HISTORIES:
         raise ValueError(f"unknown history {history!r}; expected one of {HISTORIES}")
-    total = measure_calls(steps, depth, chain, modules, history)
-    done = [0]
+    per_step = den.calls_per_step(images, cfg_scale)
+    if per_step != len(row_images):
+        raise RuntimeError(f"{type(den).__name__} makes {len(row_images)} calls per guided evaluation, not {per_step}")
+    total = measure_calls(steps, depth, chain, modules, history) * per_step
+    evaluations = [0]
+    if on_progress is not None:
+        on_progress(0, total)
+    counted = Counted(den.forward, total, on_progress)
     kept = forecast.history(reuse, order)
 
     holder = _Holder()
@@ -159,16 +168,13 @@ def measure(model, steps=20, images=16, cfg_scale=4.0, seed=0, pooling="mean", o
 
     def forward(xx, tt, cc, stream=None):
         holder.call.next_call()
-        return den.forward(xx, tt, cc)
+        return counted(xx, tt, cc)
 
     def eps_with(calls, xx, k):
         holder.call = calls
         tt = torch.full((images,), ts[k], device=xx.device, dtype=torch.long)
-        eps = den.eps_fn(forward, cond, cfg_scale)(xx, tt)
-        done[0] += 1
-        if on_progress is not None:
-            on_progress(done[0], total)
-        return eps
+        evaluations[0] += 1
+        return den.eps_fn(forward, cond, cfg_scale)(xx, tt)
 
     def step(xx, k, eps):
         """One DDIM step (eta 0) from evaluation k."""
@@ -215,7 +221,7 @@ def measure(model, steps=20, images=16, cfg_scale=4.0, seed=0, pooling="mean", o
         # Pass 2: every chain of lazy steps from each start, the forecast carried along, then exact to the end.
         costs = torch.full((steps, chain, images), float("inf"))
         gain = torch.zeros(steps, images)
-        for i in range(1, steps):
+        for i in range(1, steps if chain else 1):
             xx = states[i]
             for n in range(1, min(chain, steps - i) + 1):
                 k = i + n - 1
@@ -242,9 +248,9 @@ def measure(model, steps=20, images=16, cfg_scale=4.0, seed=0, pooling="mean", o
             cost[1:] = gain[1:, None, None, :] * delta2[1:]
     finally:
         handle.detach()
-    step_cost = costs[:, 0].clone()
+    step_cost = costs[:, 0].clone() if chain else None
     return Costs(list(ts), cost, features, gain, step_cost, coherent, time.perf_counter() - t0, reuse, order,
-                 costs, done[0], history)
+                 costs, evaluations[0], history, counted.done)
 
 
 #################################################################################

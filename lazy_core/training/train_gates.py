@@ -42,8 +42,8 @@ from ..models.diffusion import GaussianDiffusion, parse_step_counts, space_times
 from ..models.dit import DiT
 from ..models.labels import parse_labels
 from . import launch
-from .denoisers import LabelDenoiser, as_denoiser
-from .sensitivity import CHAIN, HISTORY, LEVELS, ORDER, fit_gates, measure
+from .denoisers import Counted, LabelDenoiser, as_denoiser
+from .sensitivity import CHAIN, HISTORY, LEVELS, ORDER, fit_gates, measure, measure_calls
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def schedule_pairs(step_counts):
 
 
 @torch.no_grad()
-def trajectory_pool(denoiser, diffusion, step_counts, rows, cfg_scale, seed):
+def trajectory_pool(denoiser, diffusion, step_counts, rows, cfg_scale, seed, forward=None):
     """Self-distillation data: {n: (x per step (steps, rows, C, H, W), conditions)} from the model's own DDIM."""
     g = torch.Generator().manual_seed(seed)
     pool = {}
@@ -128,7 +128,7 @@ def trajectory_pool(denoiser, diffusion, step_counts, rows, cfg_scale, seed):
         cond = denoiser.draw(rows, g)
         x = torch.randn(rows, *denoiser.latent, generator=g).to(denoiser.device)
         states = []
-        diffusion.ddim_loop(denoiser.eps_fn(denoiser.forward, cond, cfg_scale), x, n,
+        diffusion.ddim_loop(denoiser.eps_fn(forward or denoiser.forward, cond, cfg_scale), x, n,
                             on_state=lambda i, t, xt: states.append(xt.clone()))
         pool[n] = (torch.stack(states), cond)           # states[i] is the input of evaluation i
     return pool
@@ -138,11 +138,11 @@ def trajectory_pool(denoiser, diffusion, step_counts, rows, cfg_scale, seed):
 #                                   Training                                    #
 #################################################################################
 
-def gate_loss(model, gates, x_a, t_a, x_b_fn, t_b, cond, rho):
+def gate_loss(model, gates, x_a, t_a, x_b_fn, t_b, cond, rho, forward=None):
     """(loss, mse, mean compute score) for one batch; x_b_fn(eps_a) gives x at t_b. `model` is a
-    denoiser (or a DiT) and `cond` its condition for these rows."""
+    denoiser (or a DiT) and `cond` its condition for these rows. Three model calls (LOSS_CALLS)."""
     denoiser = as_denoiser(model)
-    forward = denoiser.forward
+    forward = forward or denoiser.forward
     holder = _Holder()
     handle = Attachment(denoiser.model, holder).attach()
     try:
@@ -165,6 +165,9 @@ def gate_loss(model, gates, x_a, t_a, x_b_fn, t_b, cond, rho):
     return mse + rho * compute, mse.detach(), scores.detach().mean()
 
 
+LOSS_CALLS = 3        # gate_loss: the full step at t_a, the target at t_b, the soft-lazy prediction
+
+
 def ddim_to(diffusion, x_a, t_a, t_b, eps):
     """One deterministic DDIM step from t_a to t_b with the model's eps."""
     x0 = diffusion.predict_xstart(x_a, t_a, eps)
@@ -175,14 +178,28 @@ def ddim_to(diffusion, x_a, t_a, t_b, eps):
 
 
 
-def train(model, args, real_latents=None, rank=0, world=1, labels=None, on_iter=None):
-    """Trains and returns a GateBank for `model` (a DiT, or a denoiser), following `args` (see parser()).
-
-    labels: the class labels a DiT self-distills from (default: all); on_iter(i, total, loss): progress
-    (for the sensitivity objective: model calls done, and the held-out R^2 of the fit at the end)."""
+def train_calls(model, args, labels=None):
+    """Model calls train() makes for `args`: the sensitivity objective's measurement, or the local
+    objective's trajectory pool (source self) and LOSS_CALLS per iteration."""
     denoiser = LabelDenoiser(model, labels) if isinstance(model, DiT) else as_denoiser(model)
     if args.objective == "sensitivity":
-        return train_sensitivity(denoiser, args, on_iter)
+        _, depth, _ = describe(denoiser.model)
+        return (measure_calls(args.measure_steps, depth, args.chain, args.level == "module", HISTORY)
+                * denoiser.calls_per_step(args.images, args.cfg_scale))
+    pool = 0
+    if args.source == "self":
+        pool = sum(parse_step_counts(args.step_counts)) * denoiser.calls_per_step(args.pool, args.cfg_scale)
+    return pool + LOSS_CALLS * args.iters
+
+
+def train(model, args, real_latents=None, rank=0, world=1, labels=None, on_iter=None, on_progress=None):
+    """Trains and returns a GateBank for `model` (a DiT, or a denoiser), following `args` (see parser()).
+
+    labels: the class labels a DiT self-distills from (default: all); on_iter(i, total, loss): each
+    iteration of the local objective; on_progress(done, total): each model call, train_calls() in all."""
+    denoiser = LabelDenoiser(model, labels) if isinstance(model, DiT) else as_denoiser(model)
+    if args.objective == "sensitivity":
+        return train_sensitivity(denoiser, args, on_progress)
     if args.source == "real" and not isinstance(denoiser, LabelDenoiser):
         raise ValueError("--source real trains class-conditional DiTs on Fashion-MNIST; use --source self "
                          "(data-free) for text-conditioned models")
@@ -198,9 +215,10 @@ def train(model, args, real_latents=None, rank=0, world=1, labels=None, on_iter=
     opt = torch.optim.AdamW(gates.parameters(), lr=args.lr, weight_decay=0)
     diffusion = GaussianDiffusion()
     pairs = schedule_pairs(step_counts)
+    forward = Counted(denoiser.forward, train_calls(denoiser, args), on_progress)
     pool = None
     if args.source == "self":
-        pool = trajectory_pool(denoiser, diffusion, step_counts, args.pool, args.cfg_scale, args.seed)
+        pool = trajectory_pool(denoiser, diffusion, step_counts, args.pool, args.cfg_scale, args.seed, forward)
     rng = random.Random(args.seed)
     g = torch.Generator().manual_seed(args.seed)
     local = args.batch // world
@@ -230,7 +248,7 @@ def train(model, args, real_latents=None, rank=0, world=1, labels=None, on_iter=
         else:
             x_b = x_b[sl]
             step = lambda eps: x_b                                          # noqa: E731
-        loss, mse, score = gate_loss(denoiser, gates, x_a, t_a, step, t_b, cond, args.rho)
+        loss, mse, score = gate_loss(denoiser, gates, x_a, t_a, step, t_b, cond, args.rho, forward)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if world > 1:
@@ -247,20 +265,19 @@ def train(model, args, real_latents=None, rank=0, world=1, labels=None, on_iter=
     return gates.requires_grad_(False)
 
 
-def train_sensitivity(denoiser, args, on_iter=None):
+def train_sensitivity(denoiser, args, on_progress=None):
     """The sensitivity objective: measure costs on `args.images` trajectories, fit the gates."""
     t0 = time.time()
     costs = measure(denoiser, steps=args.measure_steps, images=args.images, cfg_scale=args.cfg_scale,
                     seed=args.seed, pooling=args.pooling, reuse=args.reuse, order=args.order, chain=args.chain,
-                    modules=args.level == "module", history=HISTORY,
-                    on_progress=None if on_iter is None else lambda i, n: on_iter(i, n, float("nan")))
+                    modules=args.level == "module", history=HISTORY, on_progress=on_progress)
     recipe = {"measure_steps": args.measure_steps, "images": args.images, "cfg_scale": args.cfg_scale,
               "seed": args.seed}
     gates, fit = fit_gates(denoiser, costs, buckets=args.buckets, pooling=args.pooling, recipe=recipe,
                            level=args.level)
     r2 = sum(fit["r2_holdout"]) / len(fit["r2_holdout"])
     gates.info.recipe.update(r2_holdout_mean=round(r2, 4), train_seconds=round(time.time() - t0, 1),
-                             measure_calls=costs.calls)
+                             measure_calls=costs.calls, model_calls=costs.model_calls)
     gates.measured = costs            # not saved: lets calibrate predict per-image decisions without sampling
     log.info("sensitivity gates: %d trajectories of %d steps in %.0f s; held-out R^2 of the input term %.3f",
              args.images, args.measure_steps, costs.seconds, r2)
@@ -285,9 +302,14 @@ def main(args):
     gates = train(model, args, real, rank, world, labels=labels)
     if rank == 0:
         if args.calibrate:
-            from .calibrate import calibrate
+            from .calibrate import calibrate, calibration_calls
             counts = parse_step_counts(args.calibrate)
+            t0 = time.time()
+            calls = calibration_calls(model, gates, counts)
             gates.info.calibration, per_steps = calibrate(model, gates, step_counts=counts)
+            log.info("trained in %d model calls, %.0f s; calibrated in %d model calls, %.0f s",
+                     train_calls(model, args, labels), gates.info.recipe.get("train_seconds", 0), calls,
+                     time.time() - t0)
             gates.info.recipe["calibration_per_steps"] = per_steps
             for n, table in per_steps.items():
                 trained = "trained" if n in parse_step_counts(args.step_counts) else "not trained"
