@@ -17,8 +17,9 @@ from comfy.ldm.pixart.pixartms import PixArtMSBlock
 
 from ..lazy_core.engine.cache import CacheOptions, RunState
 from ..lazy_core.engine.policies import StepRange
-from ..lazy_core.engine.proxies import describe, register_block
+from ..lazy_core.engine.proxies import UnsupportedModelError, describe, register_block
 from ..lazy_core.models.checkpoint import blank_weights
+from ..lazy_core.models.dydit import DENSE_GATES_REFUSAL, LAZY_REFUSAL
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,18 @@ def apply_model(session, executor, x, t, c_concat=None, c_crossattn=None, contro
         state.end_call()
 
 
+def lazy_layout(net, gates=None):
+    """(architecture, depth, width) of a diffusion model the cache nodes patch; a clear error for models
+    without supported blocks. A DyDiT model takes only gates (a GateBank) made on a DyDiT, its Sensitivity
+    Schedule: its widths change with every step, which no other cache's decisions were made for."""
+    layout = describe(net)
+    if layout[0] == "dydit" and gates is None:
+        raise UnsupportedModelError(LAZY_REFUSAL)
+    if layout[0] == "dydit" and gates.info.architecture == "dit":
+        raise UnsupportedModelError(DENSE_GATES_REFUSAL)
+    return layout                               # gates of another architecture: check_fits names both
+
+
 def patch_notes(model):
     """What the user should hear when a LazyDiT node patches `model` (a ModelPatcher): the earlier LazyDiT
     patch it replaces, and weights that were never loaded."""
@@ -158,7 +171,7 @@ def patch_notes(model):
                      f"with or without a cache: use a complete file")
     net = model.model.diffusion_model
     blank = net.__dict__.get("_lazydit_blank")
-    if blank is None and describe(net)[0] != "dit":          # the pack's DiT loader refuses such files itself
+    if blank is None and describe(net)[0] not in ("dit", "dydit"):   # the pack's DiT loader refuses such files itself
         blank = net.__dict__["_lazydit_blank"] = blank_weights(net)
     blank = [k for k in blank or () if k not in (missing or ())]
     if blank:
@@ -172,10 +185,10 @@ def shortlist(names, n=3):
     return ", ".join(names[:n]) + more
 
 
-def install(model, session):
-    """A clone of `model` whose sampling runs go through `session`; replaces an earlier LazyDiT patch.
-    Logs patch_notes(model)."""
-    describe(model.model.diffusion_model)      # raises a clear error for models without supported blocks
+def install(model, session, gates=None):
+    """A clone of `model` whose sampling runs go through `session` (whose policy uses `gates`, if any);
+    replaces an earlier LazyDiT patch. Logs patch_notes(model)."""
+    lazy_layout(model.model.diffusion_model, gates)
     check_no_core_cache(model)
     for note in patch_notes(model):
         log.warning("LazyDiT: %s", note)

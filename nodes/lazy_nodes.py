@@ -13,9 +13,10 @@ from comfy_api.latest import io
 from ..lazy_core.engine.cache import REUSE, CacheOptions
 from ..lazy_core.engine.gates import GateBank
 from ..lazy_core.engine.policies import LearnedGates, NeverLazy
-from ..lazy_core.engine.proxies import describe
+from ..lazy_core.models.dydit import DyDiT, summarize
 from .checks import Combo, Float, check_inputs, check_range
-from .lazy_hook import LazySession, in_range, install, patch_notes, range_title, session_of, step_range
+from .dit_model import dy_session_of
+from .lazy_hook import LazySession, in_range, install, lazy_layout, patch_notes, range_title, session_of, step_range
 from .lazy_report import render_heatmap
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def range_inputs():
 def apply_gates(model, gates, laziness, options, start_percent=0.0, end_percent=1.0):
     """`model` made lazy by `gates` at `laziness`, within the step range; returns (MODEL, expected text)."""
     bank = gates.model
-    arch, depth, width = describe(model.model.diffusion_model)
+    arch, depth, width = lazy_layout(model.model.diffusion_model, bank)
     bank.check_fits(arch, depth, width, name="the loaded gates")
     if laziness <= 0:
         make_policy, expected = NeverLazy, "laziness 0: exact, nothing lazy"
@@ -76,7 +77,7 @@ def apply_gates(model, gates, laziness, options, start_percent=0.0, end_percent=
     make_policy = in_range(make_policy, step_range(model, start_percent, end_percent))
     expected = "; ".join([expected, *patch_notes(model)])
     title = f"LazyDiT gates, laziness {laziness:.2f}{range_title(start_percent, end_percent)}"
-    patched = install(model, LazySession(make_policy, options, title))
+    patched = install(model, LazySession(make_policy, options, title), bank)
     patched.set_additional_models("lazydit_gates", [gates])
     return patched, expected
 
@@ -142,8 +143,10 @@ class ApplyLazyGates(io.ComfyNode):
                         "Laziness 0 gives exactly the original model. Works with any sampler, scheduler and "
                         "step count; the cache lives for one sampling run.",
             inputs=[
-                io.Model.Input("model", tooltip="A DiT or PixArt model."),
-                GATES.Input("gates", tooltip="Gates trained for this model (Load Lazy Gates)."),
+                io.Model.Input("model", tooltip="A DiT or PixArt model, or a DyDiT with a Sensitivity Schedule "
+                                                "measured on it."),
+                GATES.Input("gates", tooltip="Gates trained for this model (Load Lazy Gates), or its Sensitivity "
+                                             "Schedule."),
                 Float("laziness", default=DEFAULT_LAZINESS, min=0.0, max=1.0, step=0.01,
                       display_mode=io.NumberDisplay.slider,
                       tooltip="0 = exact (never lazy); 1 = as lazy as the gates allow (gates with measured "
@@ -183,6 +186,16 @@ class ApplyLazyGates(io.ComfyNode):
         return io.NodeOutput(*apply_gates(model, gates, laziness, options, start_percent, end_percent))
 
 
+def dydit_line(model):
+    """For a DyDiT, what its run really computed: the MACs saved above count each lazy module at the dense
+    model's cost, while a DyDiT's computed ones ran at their step's widths and tokens."""
+    net = model.model.diffusion_model
+    session = dy_session_of(model)
+    if not isinstance(net, DyDiT) or session is None or not session.report:
+        return ""
+    return "\n" + summarize(net.config, session.report)["text"].splitlines()[0] + " (lazy steps count none)"
+
+
 class LazyReport(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -208,7 +221,7 @@ class LazyReport(io.ComfyNode):
         if report is None:
             raise ValueError("the lazy model has not been sampled yet: connect the LATENT of the sampler that "
                              "used this MODEL")
-        return io.NodeOutput(render_heatmap(report), report["text"])
+        return io.NodeOutput(render_heatmap(report), report["text"] + dydit_line(model))
 
 
 NODES = [LoadLazyGates, Laziness, ApplyLazyGates, LazyReport]

@@ -6,9 +6,8 @@ from comfy_api.latest import io
 
 from ..lazy_core.engine.cache import MAX_ORDER, REUSE, CacheOptions
 from ..lazy_core.engine.policies import DeltaDiT, Fora, TaylorSeer
-from ..lazy_core.engine.proxies import describe
 from .checks import Combo, Float, check_inputs, check_range
-from .lazy_hook import LazySession, in_range, install, percent_to_timestep, range_title, step_range
+from .lazy_hook import LazySession, in_range, install, lazy_layout, percent_to_timestep, range_title, step_range
 from .lazy_nodes import CATEGORY, range_inputs
 
 
@@ -44,7 +43,7 @@ class DeltaDiTNode(io.ComfyNode):
         check_inputs(cls, cached_share=cached_share, boundary_percent=boundary_percent, interval=interval,
                      start_percent=start_percent, end_percent=end_percent)
         check_range(start_percent, end_percent)
-        _, depth, _ = describe(model.model.diffusion_model)
+        _, depth, _ = lazy_layout(model.model.diffusion_model)
         blocks = max(1, min(depth, round(cached_share * depth)))
         boundary = percent_to_timestep(model, boundary_percent)
         make_policy = in_range(functools.partial(DeltaDiT, depth, blocks, boundary, interval),
@@ -79,7 +78,7 @@ class ForaNode(io.ComfyNode):
     def execute(cls, model, interval, reuse="repeat", start_percent=0.0, end_percent=1.0):
         check_inputs(cls, interval=interval, reuse=reuse, start_percent=start_percent, end_percent=end_percent)
         check_range(start_percent, end_percent)
-        describe(model.model.diffusion_model)
+        lazy_layout(model.model.diffusion_model)
         options = CacheOptions(max_lazy_steps=max(1, interval - 1), reuse=reuse)
         make_policy = in_range(functools.partial(Fora, interval), step_range(model, start_percent, end_percent))
         title = f"FORA, interval {interval}, {reuse}{range_title(start_percent, end_percent)}"
@@ -116,7 +115,7 @@ class TaylorSeerNode(io.ComfyNode):
     def execute(cls, model, interval, order, start_percent=0.0, end_percent=1.0):
         check_inputs(cls, interval=interval, order=order, start_percent=start_percent, end_percent=end_percent)
         check_range(start_percent, end_percent)
-        describe(model.model.diffusion_model)
+        lazy_layout(model.model.diffusion_model)
         options = CacheOptions(max_lazy_steps=max(1, interval - 1), reuse="taylor", order=order)
         make_policy = in_range(functools.partial(TaylorSeer, interval), step_range(model, start_percent, end_percent))
         title = f"TaylorSeer, interval {interval}, order {order}{range_title(start_percent, end_percent)}"

@@ -14,13 +14,16 @@ from comfy_api.latest import io
 from ..lazy_core.demo.fashion import names_for
 from ..lazy_core.models.diffusion import parse_step_counts
 from ..lazy_core.models.dit import DiT
+from ..lazy_core.models.dydit import DyDiT
 from ..lazy_core.models.labels import parse_labels
 from ..lazy_core.training.calibrate import THRESHOLDS, calibrate, calibration_calls
 from ..lazy_core.training.denoisers import ContextDenoiser, LabelDenoiser
 from ..lazy_core.training.sensitivity import CHAIN, HISTORY, ORDER, measure, measure_calls, schedule_bank
 from ..lazy_core.training.train_gates import LOSS_CALLS, parser, train, train_calls
 from .checks import Combo, Float, answer, check_inputs
+from .dit_model import DySession, dy_session_of
 from .files import check_prefix, create_new
+from .lazy_hook import lazy_layout
 from .lazy_nodes import CATEGORY, GATES
 from .work import CallBar, interruptible
 
@@ -35,13 +38,16 @@ CALLS_PER_STEP = ("a guided evaluation is one model call for a DiT (cond and unc
                   "prompt plus one for the negative for PixArt")
 
 
-def make_denoiser(model, labels, positive, negative, latent):
-    """The model as lazy_core training sees it: class labels for a DiT, prompt contexts for PixArt."""
+def make_denoiser(model, labels, positive, negative, latent, dydit=False):
+    """The model as lazy_core training sees it: class labels for a DiT, prompt contexts for PixArt. A DyDiT
+    model only where `dydit` (the schedule, measured on it), sampled as its DyDiT Width node says."""
     base = model.model
     net = base.diffusion_model
+    if not (dydit and isinstance(net, DyDiT)):
+        lazy_layout(net)                      # a clear error for models the lazy caches cannot patch
     if isinstance(net, DiT):
         n = net.config.num_classes
-        return LabelDenoiser(net, parse_labels(labels, n, names_for(n)))
+        return LabelDenoiser(net, parse_labels(labels, n, names_for(n)), dydit_forward(model, net))
     missing = [n for n, v in (("positive", positive), ("negative", negative), ("latent", latent)) if v is None]
     if missing:
         raise ValueError(f"Train Lazy Gates on {type(net).__name__} (a text-conditioned model) learns from prompts: "
@@ -53,6 +59,17 @@ def make_denoiser(model, labels, positive, negative, latent):
         return net(x.to(dtype), t.float(), context.to(dtype))
     contexts = [c[0][i:i + 1] for c in positive for i in range(c[0].shape[0])]
     return ContextDenoiser(net, forward, contexts, negative[0][0][:1], latent["samples"].shape[1:])
+
+
+def dydit_forward(model, net):
+    """A DyDiT's forward routed as its MODEL's DySession says (dynamic at 0.5 if none); None for a DiT."""
+    if not isinstance(net, DyDiT):
+        return None
+    session = dy_session_of(model) or DySession()
+
+    def forward(x, t, y):
+        return DyDiT.forward(net, x, t, y, route=session.route, tokens=session.tokens, threshold=session.threshold)
+    return forward
 
 
 class TrainLazyGates(io.ComfyNode):
@@ -224,7 +241,7 @@ class SensitivitySchedule(io.ComfyNode):
         check_inputs(cls, images=images, cfg=cfg, seed=seed)
         check_prefix(filename_prefix)
         mm.load_models_gpu([model])
-        denoiser = make_denoiser(model, labels, positive, negative, latent)
+        denoiser = make_denoiser(model, labels, positive, negative, latent, dydit=True)
         bar = CallBar(SCHEDULE_CALLS * denoiser.calls_per_step(images, cfg), 0)
         t0 = time.perf_counter()
         with interruptible(denoiser.model):

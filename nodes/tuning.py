@@ -13,9 +13,8 @@ from comfy_api.latest import io
 
 from ..lazy_core.demo.metrics import STRIP_ROWS, WINDOW, pair_scores, psnr_of, summarize_psnr
 from ..lazy_core.engine.cache import CacheOptions
-from ..lazy_core.engine.proxies import describe
 from .checks import Combo, Float, answer, check_inputs, check_range, short
-from .lazy_hook import check_no_core_cache, session_of, uninstall
+from .lazy_hook import check_no_core_cache, lazy_layout, session_of, uninstall
 from .lazy_nodes import CATEGORY, GATES, apply_gates, range_inputs
 from .lazy_report import render_difference, render_grid
 from .work import interruptible
@@ -173,7 +172,7 @@ class LazinessSweep(io.ComfyNode):
         if gates is not None or patch is not None:
             check_no_core_cache(model)                  # else the exact column would run first
         if gates is not None:
-            gates.model.check_fits(*describe(net), name="gates")
+            gates.model.check_fits(*lazy_layout(net, gates.model), name="gates")
             options = CacheOptions(reuse="extrapolate")
             runs = [apply_gates(exact_model, gates, v, options, start_percent, end_percent)[0] for v in values[1:]]
             names = ["exact", *value_labels(values[1:])]

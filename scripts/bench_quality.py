@@ -14,9 +14,15 @@
   --dydit     with --compare: also the DyDiT demo model (fine-tuned at lambda = 0.5) sampled dynamically and
               as its complete (dense) model, DDIM with fewer steps at DyDiT's measured MACs, and Δ-DiT;
               with --manifest: the DyDiT model's figures (dynamic, 1000 samples) instead of the DiT's.
+  --dydit-schedule  with --compare: a sensitivity schedule measured on the DyDiT demo model (as the Sensitivity
+              Schedule node measures: DDIM 20, chains of 4, 16 images), the DyDiT sampled dynamically with it
+              at --targets' first share, side by side at equal attention/MLP MACs with the dense DiT and its
+              shipped schedule, DyDiT alone (its 20 steps, and fewer steps at equal MACs) and the dense DiT
+              with fewer steps. PSNR against the exact DiT run and against DyDiT's complete model.
 
     .venv/bin/python scripts/bench_quality.py --compare --per-class 10 --seeds 0 1 2
     .venv/bin/python scripts/bench_quality.py --compare --dydit --short --steps 20 --targets 0.5
+    .venv/bin/python scripts/bench_quality.py --compare --dydit-schedule --per-class 10 --seeds 0 --threads 1
 """
 
 import argparse
@@ -75,7 +81,7 @@ def main(args):
     from lazydit.lazy_core.models.checkpoint import load_model
 
     model = load_model(os.path.join(WEIGHTS, "dit_demo_fashion.safetensors"))
-    dydit = load_model(os.path.join(WEIGHTS, DYDIT)).eval() if args.dydit else None
+    dydit = load_model(os.path.join(WEIGHTS, DYDIT)).eval() if args.dydit or args.dydit_schedule else None
     classifier = os.path.join(WEIGHTS, "fashion_classifier.safetensors")
     if args.manifest:
         ev = Evaluator(model, classifier, per_class=args.per_class, seed=args.seed)
@@ -97,7 +103,9 @@ def main(args):
             sampler = "DDIM (eta 0, DiT spacing)" + (", dynamic (sliced widths, token skipping)" if args.dydit else "")
             manifest.setdefault(name, {})["quality"] = {"samples": len(ev.labels), "sampler": sampler, **results}
             json.dump(manifest, open(path, "w"), indent=1)
-    if args.compare:
+    if args.compare and args.dydit_schedule:
+        compare_dydit_schedule(args, model, dydit, classifier)
+    elif args.compare:
         compare(args, model, dydit, classifier)
 
 
@@ -189,11 +197,92 @@ def compare(args, model, dydit, classifier):
             row(f"DDIM {fewer} (DyDiT's MACs)", ev.sample(fewer, cfg))
 
 
+def dydit_schedule(dydit, out=None):
+    """The Sensitivity Schedule node's measurement on the DyDiT model, sampled dynamically, calibrated
+    from its plan (no sampling): the shipped DiT schedule's recipe (16 images, seed 1000, DDIM 20, CFG 4)."""
+    from lazydit.lazy_core.training.calibrate import calibrate
+    from lazydit.lazy_core.training.sensitivity import CHAIN, HISTORY, ORDER, measure, schedule_bank
+
+    steps, images, cfg, seed = 20, 16, 4.0, 1000
+    costs = measure(dydit, steps=steps, images=images, cfg_scale=cfg, seed=seed, order=ORDER, chain=CHAIN,
+                    modules=False, history=HISTORY)
+    bank = schedule_bank(dydit, costs, recipe={"measure_steps": steps, "images": images, "cfg_scale": cfg,
+                                               "seed": seed, "measure_calls": costs.calls,
+                                               "measure_seconds": round(costs.seconds, 1)})
+    bank.info.calibration, per_steps = calibrate(dydit, bank, step_counts=(10, 20, 30, 50))
+    bank.info.recipe["calibration_per_steps"] = per_steps
+    if out:
+        bank.save(out)
+    return bank, costs
+
+
+def compare_dydit_schedule(args, model, dydit, classifier):
+    """DyDiT with a schedule measured on it, against the dense DiT with its own and both with fewer steps,
+    at the MACs of DyDiT with the schedule."""
+    from lazydit.lazy_core.demo.evaluate import Evaluator
+    from lazydit.lazy_core.engine.cache import CacheOptions
+    from lazydit.lazy_core.engine.gates import GateBank
+    from lazydit.lazy_core.engine.policies import LearnedGates
+
+    n, cfg, target = 20, args.cfg[0], args.targets[0]
+    dense_bank = GateBank.load(os.path.join(WEIGHTS, args.schedule))
+    dy_bank, costs = dydit_schedule(dydit, args.save_schedule)
+    print(f"DyDiT schedule measured: {costs.calls} guided calls of 16 images in {costs.seconds:.0f} s", flush=True)
+    ev = Evaluator(model, classifier, per_class=args.per_class, seeds=args.seeds)
+
+    def options(bank):
+        r = bank.info.recipe
+        return CacheOptions(reuse=r.get("reuse", "extrapolate"), order=r.get("order", 1),
+                            max_lazy_steps=bank.longest_chain)
+
+    def lazy(bank, share):
+        lz = laziness_for(bank, share, n)
+        return LearnedGates(bank, bank.threshold_for(lz, n), lz), lz
+
+    print(f"demo models, {len(ev.labels)} samples (10 classes x {args.per_class} x seeds {args.seeds}), cfg {cfg}, "
+          f"DDIM; PSNR against the exact DiT run (DiT) and against DyDiT's complete model (DyDiT)")
+    print("| method | lazy | GMACs | MACs | wall s | PSNR DiT | PSNR DyDiT | SSIM DiT | FID | acc |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    exact = ev.sample(n, cfg)
+    complete = ev.sample(n, cfg, dydit={"model": dydit, "route": "dense"})
+
+    def row(name, sampled):
+        s = ev.scores(sampled, exact)
+        own = ev.scores(sampled, complete)["psnr"]
+        p = "inf" if s["psnr"] == float("inf") else f"{s['psnr']:.2f}"
+        q = "inf" if own == float("inf") else f"{own:.2f}"
+        print(f"| {name} | {s['lazy_ratio']:.0%} | {s['gmacs']:.2f} | {sampled.macs / exact.macs:.1%} | "
+              f"{s['seconds']:.1f} | {p} | {q} | {s['ssim']:.4f} | {s['fid']:.2f} | {s['accuracy']:.1%} |",
+              flush=True)
+        return s
+    row(f"DiT, DDIM {n} (exact)", exact)
+    row(f"DyDiT, DDIM {n}, complete (dense)", complete)
+    dynamic = ev.sample(n, cfg, dydit={"model": dydit})
+    row(f"DyDiT, DDIM {n}, dynamic", dynamic)
+    policy, lz = lazy(dy_bank, target)
+    both = ev.sample(n, cfg, policy, options(dy_bank), dydit={"model": dydit})
+    ours = row(f"**DyDiT, DDIM {n}, dynamic + its schedule @ {lz:.2f}**", both)
+    share = 1 - both.macs / exact.macs                       # the dense schedule's lazy share at equal MACs
+    policy, lz = lazy(dense_bank, share)
+    results = {"DiT + its schedule": row(f"DiT, DDIM {n} + its schedule @ {lz:.2f}",
+                                         ev.sample(n, cfg, policy, options(dense_bank)))}
+    fewer = max(1, round(n * both.macs / dynamic.macs))
+    results["DyDiT fewer steps"] = row(f"DyDiT, DDIM {fewer}, dynamic (equal MACs)",
+                                       ev.sample(fewer, cfg, dydit={"model": dydit}))
+    fewer = max(1, round(n * both.macs / exact.macs))
+    results["DiT fewer steps"] = row(f"DiT, DDIM {fewer} (equal MACs)", ev.sample(fewer, cfg))
+    for name, s in results.items():
+        print(f"    DyDiT + schedule against {name}: PSNR(DiT) {ours['psnr'] - s['psnr']:+.2f} dB, FID "
+              f"{ours['fid'] - s['fid']:+.2f}, acc {ours['accuracy'] - s['accuracy']:+.1%}", flush=True)
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", action="store_true")
     p.add_argument("--compare", action="store_true")
     p.add_argument("--dydit", action="store_true", help="add the DyDiT demo model (see above)")
+    p.add_argument("--dydit-schedule", action="store_true", help="DyDiT with its own sensitivity schedule (see above)")
+    p.add_argument("--save-schedule", default="", help="with --dydit-schedule: also save the DyDiT's schedule there")
     p.add_argument("--write", action="store_true", help="with --manifest: store the figures in the manifest")
     p.add_argument("--cfg", type=float, nargs="+", default=[4.0])
     p.add_argument("--per-class", type=int, default=10, help="images per class and seed")

@@ -1,5 +1,6 @@
 """DyDiT inside the real ComfyUI: the shipped demo DyDiT samples recognisable classes through core KSampler
-from its example workflow, at well under the dense MACs, and the lazy caches refuse it clearly."""
+from its example workflow, at well under the dense MACs; a Sensitivity Schedule measured on a DyDiT makes it
+lazy, and the other lazy caches refuse it clearly."""
 
 import json
 import os
@@ -8,6 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from lazydit.lazy_core.engine.proxies import UnsupportedModelError
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,13 +74,81 @@ def test_lazy_gates_refuse_a_dydit_model(comfy):
 
 
 def test_fora_refuses_a_dydit_model(comfy):
-    from lazydit.lazy_core.engine.proxies import UnsupportedModelError
     from lazydit.nodes.loaders import LoadDiT
     from lazydit.nodes.sibling_nodes import ForaNode
 
     model = LoadDiT.execute(DYDIT, "auto").args[0]
     with pytest.raises(UnsupportedModelError, match="DyDiT"):
         ForaNode.execute(model, 2)
+
+
+SMALL = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=128, depth=2, num_heads=2, num_classes=10,
+             learn_sigma=True)
+
+
+@pytest.fixture(scope="module")
+def small_dydit(comfy):
+    """A random DyDiT (16 tokens) whose routers make real decisions, where Load DiT Checkpoint finds it."""
+    from lazydit.lazy_core.models.dit import DiTConfig
+    from lazydit.lazy_core.models.dydit import DyDiT
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    sd = {k: torch.randn(v.shape, generator=g) * 0.1 for k, v in DyDiT(DiTConfig(**SMALL)).state_dict().items()}
+    for k in sd:
+        if k.endswith(("rate.router.bias", "mlp_head.2.bias")):
+            sd[k] = torch.zeros_like(sd[k])
+        elif k.endswith(("rate.router.weight", "mlp_head.2.weight")):
+            sd[k] = torch.randn(sd[k].shape, generator=g)
+    save_file(sd, os.path.join(comfy.base, "models", "diffusion_models", "dydit_small.safetensors"))
+    return DiTConfig(**SMALL)
+
+
+def sample(model):
+    import nodes as comfy_nodes
+    from lazydit.nodes.labels import conditioning
+
+    latent = {"samples": torch.zeros(2, 4, 8, 8)}
+    return comfy_nodes.common_ksampler(model, 0, 10, 4.0, "euler", "normal", conditioning([1, 7]),
+                                       conditioning([10]), latent)[0]["samples"]
+
+
+def test_a_schedule_measured_on_a_dydit_makes_it_lazy_and_only_that(comfy, small_dydit):
+    """The Sensitivity Schedule node measures a DyDiT as it samples (dynamically); Apply Lazy Gates takes
+    that schedule: at laziness 1 the run is as lazy as its table says and DyDiT's own MACs count only the
+    steps that ran, at 0 it is DyDiT alone to the bit. The dense DiT's schedule and the Train node are
+    refused on it, naming the fix."""
+    from lazydit.lazy_core.models.dydit import summarize
+    from lazydit.nodes.dit_model import dy_session_of
+    from lazydit.nodes.lazy_hook import session_of
+    from lazydit.nodes.lazy_nodes import ApplyLazyGates, LazyReport, LoadLazyGates
+    from lazydit.nodes.loaders import LoadDiT
+    from lazydit.nodes.train_node import SensitivitySchedule, TrainLazyGates
+
+    model = LoadDiT.execute("dydit_small.safetensors", "auto").args[0]
+    schedule, info = SensitivitySchedule.execute(model, "all", 2, 4.0, 0, "dy").args
+    # Other tests list models/lazy_gates in error messages of bounded length: leave nothing there.
+    os.remove(os.path.join(comfy.base, info.split()[1].rstrip(";")))
+    bank = schedule.model
+    assert bank.info.architecture == "dydit" and bank.static and bank.info.granularity == "step", info
+    alone = sample(model)
+    alone_macs = summarize(small_dydit, dy_session_of(model).report)["macs"]
+    patched, expected = ApplyLazyGates.execute(model, schedule, 1.0, 4, "auto", "auto").args
+    lazy = sample(patched)
+    ratio = session_of(patched).report["ratio"]
+    assert ratio == pytest.approx(bank.expected_ratio(bank.threshold_for(1.0, steps=10), steps=10), abs=0.01)
+    assert ratio >= 0.5 and not torch.equal(lazy, alone), expected
+    assert summarize(small_dydit, dy_session_of(patched).report)["macs"] < (1 - 0.8 * ratio) * alone_macs
+    text = LazyReport.execute(patched, {"samples": lazy}).args[1]
+    assert re.search(r"\nDyDiT: 10 steps, attention \+ MLP at [\d.]+% of the dense MACs.*lazy steps count none", text)
+    exact = ApplyLazyGates.execute(model, schedule, 0.0, 4, "auto", "auto").args[0]
+    assert torch.equal(sample(exact), alone)
+    dense = LoadLazyGates.execute("dit_demo_fashion_schedule.safetensors (built in)").args[0]
+    with pytest.raises(UnsupportedModelError, match="made for the dense DiT, and this is a DyDiT model.*Sensitivity "
+                                                    "Schedule measured on this DyDiT"):
+        ApplyLazyGates.execute(model, dense, 0.5, 4, "auto", "auto")
+    with pytest.raises(UnsupportedModelError, match="DyDiT model.*trained gates do not combine"):
+        TrainLazyGates.execute(model, "all", 10, 2, 1e-4, "10", 0, "never_written")
 
 
 def test_width_node_refuses_a_dense_model_and_names_the_fix(comfy):

@@ -202,9 +202,131 @@ def test_training_route_masks_carry_gradients_to_every_router(official_file):
             assert router.weight.grad is not None and router.weight.grad.abs().sum() > 0, f"block {i}"
 
 
-def test_lazy_caches_refuse_dydit_with_a_clear_message(official_file):
-    from lazydit.lazy_core.engine.proxies import UnsupportedModelError, describe
+def test_dydit_is_its_own_architecture_for_the_lazy_caches(official_file):
+    """The engine stands in for DyDiT's attention and MLP as for DiT's, under its own architecture name, so
+    gates fitted on the dense DiT are refused on it by name."""
+    from lazydit.lazy_core.engine.gates import GateBank, GateFileError, GateInfo
+    from lazydit.lazy_core.engine.proxies import describe
 
     model = load_model(official_file[0])
-    with pytest.raises(UnsupportedModelError, match="DyDiT model.*do not combine"):
-        describe(model)
+    assert describe(model) == ("dydit", 3, 64)
+    dense = GateBank(GateInfo("dit", 3, 64, [0, 999]))
+    with pytest.raises(GateFileError, match="fit dit with depth 3 / width 64, but the model is dydit"):
+        dense.check_fits(*describe(model))
+
+
+#################################################################################
+#                   A sensitivity schedule measured on DyDiT                    #
+#################################################################################
+
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def dy_schedule(official_file):
+    """A whole-step schedule with chains measured on the DyDiT sampled dynamically, as the Sensitivity
+    Schedule node measures (smaller: 8 steps, chains of 2, 2 images), calibrated from its plan."""
+    from lazydit.lazy_core.training.calibrate import calibrate
+    from lazydit.lazy_core.training.sensitivity import measure, schedule_bank
+
+    model = load_model(official_file[0]).eval()
+    costs = measure(model, steps=STEPS, images=2, chain=2, modules=False, history="periodic")
+    bank = schedule_bank(model, costs)
+    bank.info.calibration, per_steps = calibrate(model, bank, step_counts=(STEPS,))
+    bank.info.recipe["calibration_per_steps"] = per_steps
+    return model, bank
+
+
+def dy_sample(model, policy=None, options=None, threshold=None):
+    """Four images of DDIM 8 with CFG 4, dynamically; with a policy through a LazyRun. Returns (latents,
+    the DyDiT's call records, the run's report or None)."""
+    from lazydit.lazy_core.engine.run import LazyRun
+    from lazydit.lazy_core.models.diffusion import GaussianDiffusion, space_timesteps
+
+    g = torch.Generator().manual_seed(3)
+    noise, y = torch.randn(4, 4, 8, 8, generator=g), torch.arange(4)
+    calls = []
+
+    def forward(x, t, yy):
+        return model(x, t, yy, stats=calls)
+    with torch.no_grad():
+        if policy is None:
+            return GaussianDiffusion().ddim_sample(forward, noise, y, STEPS, 4.0, null_label=10), calls, None
+        kw = {} if options is None else {"options": options}
+        with LazyRun(model, policy, forward=forward, streams=("positive", "negative"),
+                     timesteps=space_timesteps(STEPS)[::-1], **kw) as run:
+            z = GaussianDiffusion().ddim_sample(run, noise, y, STEPS, 4.0, null_label=10)
+    return z, calls, run.report
+
+
+def schedule_options(bank):
+    from lazydit.lazy_core.engine.cache import CacheOptions
+
+    return CacheOptions(reuse=bank.info.recipe["reuse"], order=bank.info.recipe["order"],
+                        max_lazy_steps=bank.longest_chain)
+
+
+def test_schedule_on_dydit_with_nothing_lazy_is_bit_identical_to_dydit_alone(dy_schedule):
+    from lazydit.lazy_core.engine.policies import LearnedGates, NeverLazy
+
+    model, bank = dy_schedule
+    alone, calls, _ = dy_sample(model)
+    for policy in (NeverLazy(), LearnedGates(bank, -1e9)):        # through the proxies, nothing lazy
+        z, lazy_calls, report = dy_sample(model, policy, schedule_options(bank))
+        assert torch.equal(z, alone) and report["ratio"] == 0
+        assert summarize(CONFIG, lazy_calls)["macs"] == summarize(CONFIG, calls)["macs"]
+
+
+def test_schedule_on_dydit_is_lazy_at_its_planned_share_and_counts_only_what_ran(dy_schedule):
+    """The run is lazy on whole steps at the calibrated share; a lazy step's calls count no attention and
+    no MLP MACs (the routers still run), a computed step's count DyDiT's own widths."""
+    from lazydit.lazy_core.engine.policies import LearnedGates
+
+    model, bank = dy_schedule
+    assert bank.info.architecture == "dydit" and bank.longest_chain == 2
+    threshold = bank.threshold_for(0.8, STEPS)
+    alone, _, _ = dy_sample(model)
+    z, calls, report = dy_sample(model, LearnedGates(bank, threshold, 0.8), schedule_options(bank))
+    assert 0 < report["ratio"] < 1
+    assert report["ratio"] == pytest.approx(bank.expected_ratio(threshold, STEPS), abs=1e-6)
+    assert not torch.equal(z, alone) and torch.isfinite(z).all()
+    lazy = report["streams"][0]["lazy"]                                  # (steps, depth, 2) lazy rows
+    assert len(calls) == STEPS
+    routers = macs(CONFIG, 0, 0, 0.0)                                    # no head, no group, no token
+    want = 0.0
+    for step, call in enumerate(calls):
+        whole = bool(lazy[step].all())
+        assert whole or not lazy[step].any(), "a schedule is lazy on whole steps"
+        assert call.attention == [0.0 if whole else 1.0] * CONFIG.depth
+        if whole:
+            assert call.tokens == [0.0] * CONFIG.depth
+            want += routers * CONFIG.depth * call.rows
+        else:
+            want += sum(macs(CONFIG, h, g, s) for h, g, s in zip(call.heads, call.groups, call.tokens)) * call.rows
+    assert summarize(CONFIG, calls)["macs"] == pytest.approx(want)
+
+
+def test_rows_computing_alone_get_their_own_widths_and_token_masks(official_file):
+    """When only some rows compute, the per-row arguments of DyDiT's modules (token masks; head and group
+    masks when rows' timesteps differ) follow them: those rows come out as if the whole batch computed."""
+    from lazydit.lazy_core.engine.cache import CacheOptions
+    from lazydit.lazy_core.engine.policies import Policy
+    from lazydit.lazy_core.engine.run import LazyRun
+
+    class EvenRows(Policy):
+        lazy_possible = True
+
+        def compute_mask(self, call, block, module, z):
+            return [i % 2 == 0 for i in range(call.rows)]
+
+    model = load_model(official_file[0]).eval()
+    x, _, y = inputs()
+    for t2 in (torch.full((4,), 400.0), torch.tensor([400.0, 400.0, 420.0, 430.0])):    # sliced, masked
+        with torch.no_grad():
+            want = model(x * 0.9, t2, y)
+            with LazyRun(model, EvenRows(), CacheOptions(reuse="repeat"), forward=model) as run:
+                run(x, torch.full((4,), 500.0), y)                  # first call: every row computes
+                got = run(x * 0.9, t2, y)
+        assert run.report["ratio"] == pytest.approx(0.25)           # odd rows lazy on the second call
+        torch.testing.assert_close(got[::2], want[::2], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(got[1::2], want[1::2], atol=1e-3)

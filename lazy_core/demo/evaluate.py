@@ -54,19 +54,25 @@ class Evaluator:
     def sample(self, steps, cfg, policy=None, options=None, dydit=None):
         """Samples every label with DDIM; with a policy, lazily (one LazyRun per batch); with `dydit`, a DyDiT
         model instead of the evaluator's: {"model": m} samples it dynamically (its MACs measured from the calls'
-        widths), {"model": m, "route": "dense"} as its complete model; other keys go to its forward."""
+        widths, and with a policy from what its modules computed), {"model": m, "route": "dense"} as its
+        complete model; other keys go to its forward."""
+        model, calls, forward = self.model, None, None
         if dydit is not None:
-            return self._sample_dydit(steps, cfg, **dydit)
+            model, calls, dydit = dydit["model"], [], {k: v for k, v in dydit.items() if k != "model"}
+
+            def forward(x, t, y):
+                return model(x, t, y, stats=calls, **dydit)
         outs, ratio_sum, macs_saved, t0 = [], 0.0, 0.0, time.perf_counter()
         lazy_map = None
         for i in range(0, len(self.labels), self.batch):
             noise, y = self.noise[i:i + self.batch], self.labels[i:i + self.batch]
             if policy is None:
-                z = self.diffusion.ddim_sample(self.model, noise, y, steps, cfg, null_label=10)
+                z = self.diffusion.ddim_sample(forward or model, noise, y, steps, cfg, null_label=10)
             else:
                 kw = {} if options is None else {"options": options}
                 streams = ("positive", "negative") if cfg != 1 else None
-                with LazyRun(self.model, policy, streams=streams, timesteps=space_timesteps(steps)[::-1], **kw) as run:
+                with LazyRun(model, policy, streams=streams, timesteps=space_timesteps(steps)[::-1], forward=forward,
+                             **kw) as run:
                     z = self.diffusion.ddim_sample(run, noise, y, steps, cfg, null_label=10)
                 ratio_sum += run.report["ratio"] * len(y)
                 macs_saved += run.report["macs_saved"]
@@ -76,25 +82,13 @@ class Evaluator:
             outs.append(latents_to_grey(z))
         seconds = time.perf_counter() - t0
         n = len(self.labels)
-        full = self.full_macs(steps, cfg)
         lazy_map = None if lazy_map is None else lazy_map / n
-        return Sampled(torch.cat(outs), seconds, ratio_sum / n, full - macs_saved / n, lazy_map)
-
-    def _sample_dydit(self, steps, cfg, model, **forward):
-        from ..models.dydit import summarize
-        calls, outs, t0 = [], [], time.perf_counter()
-
-        def net(x, t, y):
-            return model(x, t, y, stats=calls, **forward)
-        for i in range(0, len(self.labels), self.batch):
-            noise, y = self.noise[i:i + self.batch], self.labels[i:i + self.batch]
-            outs.append(latents_to_grey(self.diffusion.ddim_sample(net, noise, y, steps, cfg, null_label=10)))
-        seconds = time.perf_counter() - t0
-        if forward.get("route") == "dense":
-            macs = self.full_macs(steps, cfg)
+        if dydit is None or dydit.get("route") == "dense":
+            macs = self.full_macs(steps, cfg) - macs_saved / n
         else:
-            macs = summarize(model.config, calls)["macs"] / len(self.labels)
-        return Sampled(torch.cat(outs), seconds, 0.0, macs)
+            from ..models.dydit import summarize
+            macs = summarize(model.config, calls)["macs"] / n
+        return Sampled(torch.cat(outs), seconds, ratio_sum / n, macs, lazy_map)
 
     def full_macs(self, steps, cfg):
         """Attention + MLP MACs per image of an exact run (both CFG rows)."""

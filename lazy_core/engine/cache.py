@@ -197,7 +197,8 @@ class Call:
     def run(self, block, module, fn, z):
         """Pre-gate output of `module` of `block` for every row: fn(z) where computed, the cache elsewhere.
 
-        z: (rows, T, D) module input. Returns (rows, T, D)."""
+        z: (rows, T, D) module input; fn(rows of z, their indices) runs the module on some rows. Returns
+        (rows, T, D)."""
         self.state.tokens = z.shape[1]            # for the MACs estimate
         policy = self.state.policy
         if not policy.lazy_possible:
@@ -222,7 +223,7 @@ class Call:
         out = self._reuse(key, z)                               # (rows, T, D); may be the cache itself
         if any(compute):
             idx, _ = self._rows(compute, z.device)
-            fresh = fn(z.index_select(0, idx))                  # (n, T, D)
+            fresh = fn(z.index_select(0, idx), idx)             # (n, T, D)
             written = self._keep_rows(key, fresh, compute)
             if out is not written:
                 out.index_copy_(0, idx, fresh)

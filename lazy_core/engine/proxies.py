@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..models.dit import DiTBlock
+from ..models.dydit import DyDiTBlock
 from .gates import ATTN, MLP
 
 
@@ -28,8 +29,9 @@ class Layout:
 
 
 # Block class -> layout. Hosts register their own classes (ComfyUI's PixArtMSBlock is registered by the
-# node pack, since lazy_core imports nothing from ComfyUI).
-LAYOUTS = {DiTBlock: Layout("dit")}
+# node pack, since lazy_core imports nothing from ComfyUI). DyDiT has DiT's modules but is its own
+# architecture: gates measured on the dense weights do not fit its dynamic widths, nor the other way round.
+LAYOUTS = {DyDiTBlock: Layout("dydit"), DiTBlock: Layout("dit")}
 
 
 class UnsupportedModelError(TypeError):
@@ -42,9 +44,6 @@ def register_block(block_class, architecture, attn="attn", mlp="mlp"):
 
 
 def layout_for(block):
-    refusal = getattr(block, "refuses_lazy", None)
-    if refusal:
-        raise UnsupportedModelError(refusal)
     for cls in type(block).__mro__:
         if cls in LAYOUTS:
             return LAYOUTS[cls]
@@ -59,8 +58,9 @@ def layout_for(block):
 class ModuleProxy(nn.Module):
     """Stands in for one gated module: the run's current call decides, per row, compute or reuse.
 
-    Extra arguments (PixArt's HW) pass through unchanged; they must not be per-row, since computing rows
-    are gathered from z alone."""
+    Extra arguments pass through. Tensors among them whose first dimension is the row count are per row
+    (DyDiT's token masks, its per-row head masks): the computing rows get their own rows of them. Others
+    (PixArt's HW, DyDiT's active heads) pass unchanged."""
 
     def __init__(self, module, block, kind, state):
         super().__init__()
@@ -73,7 +73,17 @@ class ModuleProxy(nn.Module):
     @torch.compiler.disable
     def forward(self, z, *args, **kwargs):
         module = self.module
-        fn = (lambda rows: module(rows, *args, **kwargs)) if args or kwargs else module
+        rows = z.shape[0]
+
+        def fn(x, idx=None):
+            """The module on x, the rows `idx` of z (None: all of them)."""
+            if idx is None or not (args or kwargs):
+                return module(x, *args, **kwargs)
+
+            def pick(a):
+                per_row = isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == rows
+                return a.index_select(0, idx.to(a.device)) if per_row else a
+            return module(x, *map(pick, args), **{k: pick(v) for k, v in kwargs.items()})
         return self.state.call.run(self.block, self.kind, fn, z)
 
 

@@ -1,6 +1,5 @@
 """Lazy sampling outside ComfyUI (training, benchmarks, the CLI): one run, a row per sample."""
 
-from ..models.dit import DiT
 from .cache import CacheOptions, RunState
 
 
@@ -11,7 +10,8 @@ class LazyRun:
             x = diffusion.ddim_sample(lazy, noise, y, steps=50, ...)
         print(lazy.report["text"])
 
-    forward(x, t, cond) is what a call runs (default: DiT's forward over all channels). A call's `stream`
+    forward(x, t, cond) is what a call runs (default: the model family's forward over all channels, DiT's
+    or DyDiT's dynamic one). A call's `stream`
     names whose rows these are; samplers that run cond and uncond rows in separate calls pass distinct
     streams, so each keeps its own cache, as the ComfyUI hook keys them by cond uuid.
     """
@@ -25,8 +25,9 @@ class LazyRun:
         self.streams = streams
         self.policy = policy
         self.options = options
-        # The base forward (all channels), also for host subclasses whose own forward serves the host.
-        self.forward = forward or (lambda x, t, y: DiT.forward(model, x, t, y))
+        # The base forward (all channels), also for host subclasses whose own forward serves the host: the
+        # model family's (a DyDiT samples dynamically, as on its own).
+        self.forward = forward or (lambda x, t, y: model.family.forward(model, x, t, y))
         self.state = None
         self.report = None
 

@@ -15,6 +15,12 @@ Three ways to run the same weights (`route=`):
             read once per call (one host read for all blocks) and the qkv/proj and fc1/fc2 weights are sliced
             to them (a small cache per block, so consecutive steps with the same widths reuse the slices);
             the MLP runs on the gathered active tokens only and scatters back.
+
+Under a lazy cache (the engine's module proxies) the modules keep their per-row shapes: attention maps
+(rows, T, D) to (rows, T, D) at the step's heads, and the MLP takes the whole modulated (rows, T, D) with
+the token router's (rows, T) mask and returns (rows, T, D), zero where a token skipped it. So a module's
+output can be cached and reused at a later step like a dense DiT's, and each module counts what it really
+computed (`Tally`), so a lazy module counts none.
 """
 
 import math
@@ -29,6 +35,15 @@ from .dit import TORCH_OPS, Attention, DiT, DiTBlock, Mlp, modulate
 
 ROUTES = ("sliced", "masked", "dense")
 ROUTER_KEYS = ("attn_rate.router.weight", "mlp_rate.router.weight", "token_selection.mlp_head.0.weight")
+# What the ComfyUI cache nodes answer for a DyDiT model: only a schedule measured on the DyDiT fits it.
+LAZY_REFUSAL = ("this is a DyDiT model: it already skips heads, MLP channels and tokens at every step, so "
+                "FORA, TaylorSeer, Δ-DiT and trained gates do not combine with it. Give Apply Lazy Gates a "
+                "LazyDiT Sensitivity Schedule measured on this DyDiT model, sample it alone, or load the dense "
+                "DiT for the other caches")
+DENSE_GATES_REFUSAL = ("these gates were made for the dense DiT, and this is a DyDiT model: its heads, MLP "
+                       "channels and tokens change with every step, so the dense model's gates do not combine "
+                       "with it. Connect a LazyDiT Sensitivity Schedule measured on this DyDiT model, or load "
+                       "the dense DiT for these gates")
 SLICE_CACHE = 2          # sliced weight sets kept per module: adjacent steps mostly share their widths
 
 
@@ -108,9 +123,11 @@ class DyAttention(Attention):
         super().__init__(dim, num_heads, ops=ops, **factory)
         self.slices = SliceCache()
 
-    def forward(self, x, heads=None):
+    def forward(self, x, heads=None, tally=None):
         if heads is None:
             return super().forward(x)
+        if tally is not None:
+            tally.attention += x.shape[0]
         if isinstance(heads, torch.Tensor):
             return self.masked(x, heads)
         return self.sliced(x, heads)
@@ -150,12 +167,28 @@ class DyMlp(Mlp):
         super().__init__(dim, hidden, ops=ops, **factory)
         self.slices = SliceCache()
 
-    def forward(self, x, groups=None, count=None):
+    def forward(self, x, groups=None, count=None, keep=None, tally=None):
+        """keep: (B, T) bool, the tokens that run (SDT), x then (B, T, C); None: every token."""
         if groups is None:
             return super().forward(x)
+        if tally is not None:
+            tally.mlp += x.shape[0]
+            if keep is None:
+                tally.tokens += x.shape[0] * x.shape[1]
         if isinstance(groups, torch.Tensor):
             return self.masked(x, groups)
-        return self.sliced(x, groups, count)
+        if keep is None:
+            return self.sliced(x, groups, count)
+        return self.tokens(x, groups, count, keep, tally)
+
+    def tokens(self, x, groups, count, keep, tally):
+        """The sliced MLP on the kept tokens only, scattered back into zeros: (B, T, C)."""
+        B, T, C = x.shape
+        idx = keep.flatten().nonzero().squeeze(1)          # the one host sync of SDT: the gather needs its size
+        if tally is not None:
+            tally.tokens += idx.numel()
+        out = self.sliced(x.reshape(B * T, C).index_select(0, idx), groups, count)
+        return out.new_zeros(B * T, out.shape[-1]).index_copy_(0, idx, out).reshape(B, T, -1)
 
     def masked(self, x, mask):
         """mask: (B, G) 0/1 per channel group, applied to fc1's output before the activation (GELU(0) = 0)."""
@@ -178,26 +211,34 @@ class DyMlp(Mlp):
 
 
 @dataclass
+class Tally:
+    """What one block's modules computed in one call: rows through attention, rows through the MLP and
+    tokens through the MLP (over all rows). The modules count themselves, so where a lazy cache stands
+    in for a module, nothing is counted."""
+
+    attention: int = 0
+    mlp: int = 0
+    tokens: int = 0
+
+
+@dataclass
 class BlockRoute:
     """What one block does in one call. Masked: (B, H) and (B, G) mask tensors. Sliced: tuples of active
-    heads and groups. `tokens`: whether SDT is on; `threshold` its decision point; `noise` Gumbel (training)."""
+    heads and groups. `tokens`: whether SDT is on; `threshold` its decision point; `noise` Gumbel (training);
+    `tally` receives what the modules computed."""
 
     heads: object = None
     groups: object = None
     tokens: bool = True
     threshold: float = 0.5
     noise: bool = False
+    tally: Tally = None
 
 
 class DyDiTBlock(DiTBlock):
     """A DiT block with DyDiT's routers; with no route it is exactly DiT's block."""
 
     attention, feed_forward = DyAttention, DyMlp
-    # The lazy caches stand in for attn/mlp per row; DyDiT's modules take per-step widths and per-token
-    # gathers that the stand-ins cannot pass through, and the shipped gates were fitted on dense weights.
-    refuses_lazy = ("this is a DyDiT model: it already skips heads, MLP channels and tokens at every step. "
-                    "LazyDiT's caches (Apply Lazy Gates, FORA, Δ-DiT) do not combine with it: sample it alone, "
-                    "or load the dense DiT for them")
 
     def __init__(self, hidden_size, num_heads, mlp_ratio=4.0, ops=TORCH_OPS, **factory):
         super().__init__(hidden_size, num_heads, mlp_ratio=mlp_ratio, ops=ops, **factory)
@@ -210,13 +251,14 @@ class DyDiTBlock(DiTBlock):
         if route is None:
             return super().forward(x, c)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), route.heads)
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), route.heads,
+                                                  route.tally)
         if isinstance(route.groups, torch.Tensor):
             return self._masked_mlp(x, route, shift_mlp, scale_mlp, gate_mlp, record)
         return self._sliced_mlp(x, route, shift_mlp, scale_mlp, gate_mlp, record)
 
     def _masked_mlp(self, x, route, shift, scale, gate, record):
-        out = gate.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift, scale), route.groups)
+        out = gate.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift, scale), route.groups, tally=route.tally)
         if not route.tokens:
             return x + out
         keep = hard_gate(self.token_selection(x), route.threshold, noise=route.noise)     # (B, T)
@@ -225,21 +267,13 @@ class DyDiTBlock(DiTBlock):
         return x + keep.unsqueeze(-1) * out
 
     def _sliced_mlp(self, x, route, shift, scale, gate, record):
-        B, T, C = x.shape
-        if not route.tokens:
-            out = self.mlp(modulate(self.norm2(x), shift, scale), route.groups, self.num_heads)
-            if record is not None:
-                record.append(B * T)
-            return x + gate.unsqueeze(1) * out
-        keep = self.token_selection(x) > math.log(route.threshold / (1 - route.threshold))
-        idx = keep.flatten().nonzero().squeeze(1)          # the one host sync of SDT: the gather needs its size
-        if record is not None:
-            record.append(idx.numel())
-        flat = x.reshape(B * T, C)
-        rows = torch.div(idx, T, rounding_mode="floor")    # each kept token's image
-        h = self.norm2(flat.index_select(0, idx)) * (1 + scale[rows]) + shift[rows]
-        out = gate[rows] * self.mlp(h, route.groups, self.num_heads)
-        return flat.index_add(0, idx, out).reshape(B, T, C)
+        # The MLP sees every token's modulated input and the token mask, and returns zeros where a token
+        # skipped it: per-row shapes, so that a lazy cache can keep and reuse its output.
+        keep = None
+        if route.tokens:
+            keep = self.token_selection(x) > math.log(route.threshold / (1 - route.threshold))     # (B, T)
+        out = self.mlp(modulate(self.norm2(x), shift, scale), route.groups, self.num_heads, keep, route.tally)
+        return x + gate.unsqueeze(1) * out
 
 
 @dataclass
@@ -308,9 +342,9 @@ class DyDiT(DiT):
         width_masks, kept = None, []
         if widths is None:
             width_masks = self.width_masks(t_emb, threshold, noise)
-            routes = [BlockRoute(h, g, tokens, threshold, noise) for h, g in width_masks]
+            routes = [BlockRoute(h, g, tokens, threshold, noise, Tally()) for h, g in width_masks]
         else:
-            routes = [BlockRoute(h, g, tokens, threshold) for h, g in zip(widths.heads, widths.groups)]
+            routes = [BlockRoute(h, g, tokens, threshold, tally=Tally()) for h, g in zip(widths.heads, widths.groups)]
         h = tokens_in
         for block, r in zip(self.blocks, routes):
             h = block(h, c, r, kept)
@@ -318,51 +352,51 @@ class DyDiT(DiT):
             masks.append((torch.stack([m for m, _ in width_masks], 1), torch.stack([g for _, g in width_masks], 1),
                           torch.stack(kept, 1) if tokens else None))
         if stats is not None:
-            stats.append(self._record(widths, width_masks, kept, x.shape[0], tokens))
+            stats.append(self._record(widths, width_masks, kept, [r.tally for r in routes], x.shape[0], tokens))
         out = self.final_layer(h, c)
         return self.unpatchify(out)
 
-    def _record(self, widths, width_masks, kept, rows, tokens):
+    def _record(self, widths, width_masks, kept, tallies, rows, tokens):
         T = self.x_embedder.num_patches
         if widths is not None:
             heads, groups = [len(h) for h in widths.heads], [len(g) for g in widths.groups]
             timestep = widths.timestep
+            share = [t.tokens / (rows * T) for t in tallies]
         else:                           # per-row widths: mean over rows (rare: rows at different timesteps)
             heads = [float(m.sum(1).mean()) for m, _ in width_masks]
             groups = [float(g.sum(1).mean()) for _, g in width_masks]
             timestep = None
-        if not tokens:
-            share = [1.0] * len(self.blocks)
-        elif kept and isinstance(kept[0], int):
-            share = [k / (rows * T) for k in kept]
-        else:
-            share = [float(k.mean()) for k in kept]
-        return Call(timestep, rows, heads, groups, share)
+            ran = [t.mlp / rows for t in tallies]
+            share = ran if not tokens else [float(k.mean()) * r for k, r in zip(kept, ran)]
+        return Call(timestep, rows, heads, groups, share, [t.attention / rows for t in tallies])
 
 
 @dataclass
 class Call:
-    """One DyDiT call's widths: per block, active heads and MLP groups (of `num_heads`) and the share of
-    tokens that ran the MLP."""
+    """One DyDiT call's widths: per block, active heads and MLP groups (of `num_heads`), the share of
+    tokens that ran the MLP and the share of rows that ran attention (under a lazy cache, the rest reused
+    an earlier output; None: every row)."""
 
     timestep: object
     rows: int
     heads: list
     groups: list
     tokens: list
+    attention: list = None
 
 
-def macs(config, heads, groups, tokens, routed=True):
+def macs(config, heads, groups, tokens, routed=True, attention=1.0):
     """Attention + MLP multiply-accumulates per image of one block, at `heads` active heads, `groups` active
-    MLP channel groups (of config.num_heads) and a `tokens` share of tokens through the MLP, the routers
-    included if `routed`; dense (every unit on, not routed) it is module_macs' count."""
+    MLP channel groups (of config.num_heads), a `tokens` share of tokens through the MLP and an `attention`
+    share of rows through attention, the routers included if `routed`; dense (every unit on, not routed)
+    it is module_macs' count."""
     T, d = config.tokens, config.hidden_size
     hd, H = d // config.num_heads, config.num_heads
     mlp_hidden = int(d * config.mlp_ratio)
     attn = T * d * 3 * heads * hd + 2 * T * T * heads * hd + T * heads * hd * d
     mlp = 2 * (tokens * T) * d * (groups * mlp_hidden // H)
     routers = T * (d * (d // 16) + d // 16) + 2 * d * (H - 1) if routed else 0
-    return attn + mlp + routers
+    return attn * attention + mlp + routers
 
 
 def dense_macs(config):
@@ -398,9 +432,11 @@ def summarize(config, calls):
     for s, group in enumerate(steps):
         rows = sum(c.rows for c in group)
         for c in group:
+            attention = c.attention or [1.0] * depth
             for b in range(depth):
-                shares[:, b, s] += torch.tensor([c.heads[b] / H, c.groups[b] / H, c.tokens[b]]) * c.rows / rows
-                computed += macs(config, c.heads[b], c.groups[b], c.tokens[b]) * c.rows
+                shares[:, b, s] += torch.tensor([c.heads[b] * attention[b] / H, c.groups[b] / H,
+                                                 c.tokens[b]]) * c.rows / rows
+                computed += macs(config, c.heads[b], c.groups[b], c.tokens[b], attention=attention[b]) * c.rows
             dense += dense_macs(config) * depth * c.rows
     ratio = computed / dense if dense else 1.0
     mean = shares.mean(dim=(1, 2)).tolist() if len(steps) else [1.0, 1.0, 1.0]

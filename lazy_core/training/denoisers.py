@@ -16,9 +16,12 @@ from ..models.dit import DiT
 class LabelDenoiser:
     """A class-conditional DiT: a condition is a class label per row; the null class drives guidance."""
 
-    def __init__(self, model: DiT, labels=None):
+    def __init__(self, model: DiT, labels=None, forward=None):
+        """forward(x, t, y): the model's output channels; default the family's forward (a DyDiT's dynamic
+        one at its trained threshold)."""
         c = model.config
         self.model = model
+        self._forward = forward or (lambda x, t, y: model.family.forward(model, x, t, y))
         self.latent = (c.in_channels, c.input_size, c.input_size)
         self.tokens = c.tokens
         self.null = c.num_classes
@@ -28,7 +31,7 @@ class LabelDenoiser:
     def forward(self, x, t, y, stream=None):
         """All output channels (eps and learned sigma) in float32 on the model's device."""
         w = self.model.x_embedder.proj.weight
-        return DiT.forward(self.model, x.to(w.device, w.dtype), t.to(w.device), y.to(w.device)).float()
+        return self._forward(x.to(w.device, w.dtype), t.to(w.device), y.to(w.device)).float()
 
     def draw(self, rows, generator):
         """A condition for `rows` sampled rows: a label per row."""
