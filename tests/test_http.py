@@ -132,7 +132,8 @@ def test_worst_sweep_and_node_inputs_over_http_then_a_valid_prompt(server):
     """Over the real server: every bad widget value of the issue (Sweep steps, cfg, sampler, scheduler, seed,
     step range, a 10 KB value list; NaN in Apply, Δ-DiT, FORA, Train, DyDiT Width; off-list loader values) is
     refused at queue time with exactly one short error on that input. What only the run can see fails
-    before any sampling, named: start after end, gates for another model, a DyDiT model, a 16384 px latent.
+    before any sampling, named: start after end, gates for another model, a DyDiT model, a 16384 px latent,
+    core EasyCache on the swept MODEL.
     Compare on two 4096 x 4096 images stops within seconds of /interrupt. Then a valid prompt draws its images."""
     from lazydit.lazy_core.models.dit import DiT, DiTConfig
     from safetensors.torch import save_file
@@ -176,16 +177,23 @@ def test_worst_sweep_and_node_inputs_over_http_then_a_valid_prompt(server):
     save_file({k: v.contiguous() for k, v in small.state_dict().items()},
               os.path.join(base, "models", "checkpoints", "other_dit.safetensors"))
     time.sleep(1.1)                            # ComfyUI caches folder listings by mtime
+    easycache = {"class_type": "EasyCache", "inputs": {"model": ["1", 0], "reuse_threshold": 0.2, "start_percent": 0.0,
+                                                       "end_percent": 1.0, "verbose": False}}
     at_run = [([("7", "start_percent", 0.9), ("7", "end_percent", 0.1)], "start_percent 0.9 is after end_percent 0.1"),
               ([("1", "ckpt_name", "other_dit.safetensors")], "gates fit dit with depth 6 / width 256, but the model "
                                                                "is dit with depth 2 / width 128"),
               ([("1", "ckpt_name", DYDIT)], "DyDiT"),
               ([("5", "width", 16384), ("5", "height", 16384), ("5", "batch_size", 1)],
-               "latent_image is 16384x16384 px (latent 2048x2048), but this DiT draws only 128x128")]
+               "latent_image is 16384x16384 px (latent 2048x2048), but this DiT draws only 128x128"),
+              ([("10", None, easycache), ("7", "model", ["10", 0])],
+               "this MODEL carries core EasyCache as well as a LazyDiT patch")]
     for changes, message in at_run:
         prompt = json.loads(json.dumps(sweep))
         for node, name, value in changes:
-            prompt[node]["inputs"][name] = value
+            if name is None:
+                prompt[node] = value
+            else:
+                prompt[node]["inputs"][name] = value
         status, body, errors = queue(url, prompt)
         assert status == 200 and not errors, errors
         done, texts = execution_error(url, body)
