@@ -14,18 +14,20 @@ that depend on the step index only (FORA, static masks) pay none. Timesteps stay
 once, when the report is made.
 """
 
+import math
 import time
 from dataclasses import dataclass
 
 import torch
 
 from . import forecast
-from .gates import MODULES
+from .gates import ATTN, MLP, MODULES
 from .policies import Policy
 from .proxies import Attachment, module_macs
 from .report import summarize
 
 REUSE = ("extrapolate", "repeat")     # what a node offers; "taylor" comes with its own node and order
+LEVELS = ("module", "block")
 MAX_ORDER = 3
 NO_CACHE = 1 << 30          # a row's lazy run before its first computed output: larger than any limit
 
@@ -39,15 +41,22 @@ class CacheOptions:
     reuse "extrapolate": the polynomial of `order` through its last order + 1 computed outputs, evaluated
     at this step's timestep; order 1 is the line o1 + (t - t1) / (t1 - t2) * (o1 - o2).
     reuse "taylor": TaylorSeer's finite-difference Taylor series of `order` (see forecast.py).
-    With fewer computed outputs so far, a row uses the ones it has."""
+    With fewer computed outputs so far, a row uses the ones it has.
+
+    level "module": attention and MLP of each block decide on their own (module proxies). level "block":
+    a whole block computes or returns its inputs plus its forecast residual (output - input), one cache
+    entry per block over all of its output streams (Call.run_block); both modules count lazy together."""
 
     max_lazy_steps: int = 1          # consecutive lazy steps per row; 1 = what the paper's training supports
     dtype: torch.dtype | None = None
     device: torch.device | str | None = None
     reuse: str = "repeat"
     order: int = 1
+    level: str = "module"
 
     def __post_init__(self):
+        if self.level not in LEVELS:
+            raise ValueError(f"cache level {self.level!r} is not one of {LEVELS}")
         if self.reuse not in forecast.FORECASTS:
             raise ValueError(f"reuse {self.reuse!r} is not one of {forecast.FORECASTS}")
         if not 1 <= self.order <= MAX_ORDER:
@@ -92,6 +101,7 @@ class Slab:
             rows += s.rows
         self.rows = rows
         self.out, self.past, self.times, self.runs, self.ranges = {}, {}, {}, {}, {}
+        self.forms = {}          # block level: block -> [(output name, input shape or None)] of its residual
 
     @classmethod
     def assemble(cls, streams):
@@ -126,6 +136,8 @@ class Slab:
                              for r in (s.slab.runs[key][s.slab.offsets[s]:s.slab.offsets[s] + s.rows] if h
                                        else [NO_CACHE] * s.rows)]
         for s in streams:
+            if s.slab is not None:
+                new.forms.update(s.slab.forms)
             s.slab = new
         return new
 
@@ -208,14 +220,7 @@ class Call:
         runs = slab.runs.get(key)
         compute = None                                          # None: every row computes
         if runs is not None:
-            wanted = policy.compute_mask(self, block, module, z)
-            if wanted is not None:
-                if isinstance(wanted, torch.Tensor):
-                    wanted = self.host(wanted) if wanted.device.type != "cpu" else wanted.tolist()
-                limit = self.state.limit
-                compute = [bool(w) or r >= limit for w, r in zip(wanted, runs)]
-                if all(compute):
-                    compute = None
+            compute = self._decide(block, module, z, runs)
         if compute is None:
             fresh = fn(z)                                       # (rows, T, D)
             self._keep_all(key, fresh)
@@ -230,6 +235,94 @@ class Call:
         slab.runs[key] = [0 if c else r + 1 for c, r in zip(compute, runs)]
         self._count(key, compute)
         return out
+
+    def _decide(self, block, module, z, runs):
+        """Per row, whether it computes (the policy's wish, or its lazy run at the limit); None: all do."""
+        wanted = self.state.policy.compute_mask(self, block, module, z)
+        if wanted is None:
+            return None
+        if isinstance(wanted, torch.Tensor):
+            wanted = self.host(wanted) if wanted.device.type != "cpu" else wanted.tolist()
+        limit = self.state.limit
+        compute = [bool(w) or r >= limit for w, r in zip(wanted, runs)]
+        return None if all(compute) else compute
+
+    def run_block(self, block, inputs, fn, module=None):
+        """Block-level laziness: the outputs {name: tensor or None} of block `block` for every row.
+
+        inputs: the block's stream inputs {name: (rows, ...)}; fn(idx) runs the block on the rows `idx`
+        (None: all) and returns its outputs by name. A lazy row gets, for each output, its input plus the
+        forecast of the block's residual (output - input), the residuals of all outputs kept as one cache
+        entry. Computing rows get the block's own outputs, so with nothing lazy the result is bit-identical.
+        A block whose outputs do not match its inputs in name and shape always computes. `module`: the
+        block, whose linear layers are counted (hooks, first computed call only) for the MACs estimate."""
+        policy = self.state.policy
+        if not policy.lazy_possible:
+            return fn(None)
+        key = (block, ATTN)
+        slab = self.slab
+        form = slab.forms.get(block)
+        runs = slab.runs.get(key)
+        compute = None
+        first = next(iter(inputs.values()))
+        if runs is not None and form and all(k in inputs and tuple(inputs[k].shape[1:]) == s
+                                             for k, s in form if s is not None):
+            compute = self._decide(block, ATTN, first, runs)
+        if compute is None:
+            out = self._count_macs(block, module, inputs, fn) if block not in self.state.block_macs else fn(None)
+            form = slab.forms[block] = residual_form(inputs, out, self.rows)
+            if form:
+                self._keep_all(key, pack(inputs, out, form))
+            self._count_block(block, None)
+            return out
+        stand = self._reuse(key, first)                            # (rows, 1, N) forecast residuals
+        fresh = None
+        if any(compute):
+            idx, _ = self._rows(compute, first.device)
+            fresh = fn(idx)
+            res = pack({k: v.index_select(0, idx) for k, v in inputs.items()}, fresh, form)
+            written = self._keep_rows(key, res, compute)
+            if stand is not written:
+                stand.index_copy_(0, idx, res.to(stand.dtype))
+        out, at = {}, 0
+        for name, shape in form:
+            if shape is None:
+                out[name] = None
+                continue
+            n = math.prod(shape)
+            x = inputs[name]
+            y = x + stand[:, 0, at:at + n].view(x.shape).to(x.dtype)
+            if fresh is not None:
+                y.index_copy_(0, idx.to(y.device), fresh[name])
+            out[name] = y
+            at += n
+        slab.runs[key] = [0 if c else r + 1 for c, r in zip(compute, runs)]
+        self._count_block(block, compute)
+        return out
+
+    def _count_macs(self, block, module, inputs, fn):
+        """fn(None), counting the multiply-accumulates per row of the block's linear layers on the way, plus
+        its attention scores (2 T^2 D over the tokens of the streams it writes, joint attention)."""
+        macs = [0]
+
+        def hook(m, args, _):
+            macs[0] += args[0].numel() // m.in_features * m.in_features * m.out_features
+        handles = [m.register_forward_hook(hook) for m in (module.modules() if module is not None else ())
+                   if isinstance(m, torch.nn.Linear)]
+        try:
+            out = fn(None)
+        finally:
+            for h in handles:
+                h.remove()
+        tokens = [inputs[k] for k, v in out.items() if v is not None and k in inputs and inputs[k].dim() == 3]
+        scores = 2 * sum(x.shape[1] for x in tokens) ** 2 * tokens[0].shape[2] if tokens else 0
+        self.state.block_macs[block] = macs[0] / self.rows + scores
+        return out
+
+    def _count_block(self, block, compute):
+        for s, start, stop in self.segments:
+            n = 0 if compute is None else compute[start:stop].count(False)
+            s.lazy[-1][(block, ATTN)] = s.lazy[-1][(block, MLP)] = n
 
     def _rows(self, compute, device):
         """(indices, bool mask) of the computing rows on `device`: one small upload per pattern and call."""
@@ -339,6 +432,27 @@ class Call:
             s.lazy[-1][key] = 0 if compute is None else compute[start:stop].count(False)
 
 
+def residual_form(inputs, out, rows):
+    """[(name, shape per row or None)] of a block's outputs when every tensor output has an input of its name
+    and shape with `rows` rows (its residual can be cached); None otherwise."""
+    form = []
+    for name, y in out.items():
+        if y is None:
+            form.append((name, None))
+            continue
+        x = inputs.get(name)
+        if not isinstance(y, torch.Tensor) or x is None or x.shape != y.shape or y.shape[0] != rows:
+            return None
+        form.append((name, tuple(y.shape[1:])))
+    return form if any(s is not None for _, s in form) else None
+
+
+def pack(inputs, out, form):
+    """(rows, 1, N): the residuals output - input of every output in `form`, flattened side by side."""
+    parts = [(out[k] - inputs[k]).flatten(1) for k, s in form if s is not None]
+    return torch.cat(parts, 1).unsqueeze(1) if len(parts) > 1 else parts[0].unsqueeze(1)
+
+
 class RunState:
     """Everything one sampling run keeps: the policy, the streams' caches and the run's statistics."""
 
@@ -356,6 +470,7 @@ class RunState:
         self.syncs = 0                  # device-to-host reads the engine made (Call.host)
         self.blocks = []                # the model's original blocks, set by the Attachment
         self.tokens = 0                 # token count of the last module call, for the MACs estimate
+        self.block_macs = {}            # block level: block -> MACs per row, counted at its first computation
         self._attachments = {}          # id(model) -> Attachment, built once per run
         self.started = time.perf_counter()
         self.seconds = 0.0
@@ -408,7 +523,11 @@ class RunState:
 
     def report(self):
         """The run's statistics, summarized (see report.summarize)."""
-        return summarize(self.stats(), module_macs(self.blocks, self.tokens), self.seconds)
+        if self.block_macs:         # block level: both modules count lazy together, so half each
+            macs = [(self.block_macs.get(b, 0.0) / 2,) * 2 for b in range(len(self.blocks))]
+        else:
+            macs = module_macs(self.blocks, self.tokens)
+        return summarize(self.stats(), macs, self.seconds)
 
     def stats(self):
         """Per-stream statistics as plain data: see report.summarize."""

@@ -79,11 +79,7 @@ class ModuleProxy(nn.Module):
             """The module on x, the rows `idx` of z (None: all of them)."""
             if idx is None or not (args or kwargs):
                 return module(x, *args, **kwargs)
-
-            def pick(a):
-                per_row = isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == rows
-                return a.index_select(0, idx.to(a.device)) if per_row else a
-            return module(x, *map(pick, args), **{k: pick(v) for k, v in kwargs.items()})
+            return module(x, *pick_rows(args, idx, rows), **dict(zip(kwargs, pick_rows(kwargs.values(), idx, rows))))
         return self.state.call.run(self.block, self.kind, fn, z)
 
 
@@ -101,6 +97,32 @@ class BlockProxy(nn.Module):
         return self.state.call.block(self.index, self.inner, x, *args, **kwargs)
 
 
+def pick_rows(values, idx, rows):
+    """The values with tensors whose first dimension is `rows` cut to the rows `idx` (others as they are)."""
+    out = []
+    for a in values:
+        per_row = isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == rows
+        out.append(a.index_select(0, idx.to(a.device)) if per_row else a)
+    return out
+
+
+class LazyBlock(BlockProxy):
+    """Stands in for a whole block at block level (CacheOptions.level "block"): the block computes, or
+    returns its input plus its forecast residual (Call.run_block). Per-row extra arguments are picked for
+    the computing rows as ModuleProxy picks them."""
+
+    @torch.compiler.disable
+    def forward(self, x, *args, **kwargs):
+        block, rows = self.inner, x.shape[0]
+
+        def fn(idx):
+            if idx is None:
+                return {"img": block(x, *args, **kwargs)}
+            return {"img": block(x.index_select(0, idx), *pick_rows(args, idx, rows),
+                                 **dict(zip(kwargs, pick_rows(kwargs.values(), idx, rows))))}
+        return self.state.call.run_block(self.index, {"img": x}, fn, block)["img"]
+
+
 class Attachment:
     """The proxies for one model, built once per run. attach() swaps them into the blocks (module proxies
     always, block proxies when the run's policy caches ranges); detach() puts the very same modules back."""
@@ -109,6 +131,16 @@ class Attachment:
         blocks = blocks_of(model)
         self.model = model
         self.swaps = []                  # (parent's _modules, name, original, proxy)
+        state.blocks = list(blocks)
+        level = getattr(getattr(state, "options", None), "level", "module")
+        if level == "block":
+            if getattr(getattr(state, "policy", None), "ranges", False):
+                raise ValueError("Δ-DiT caches block ranges itself: run it at module level")
+            for i, blk in enumerate(blocks):
+                if isinstance(blk, (LazyBlock, BlockProxy)):
+                    raise RuntimeError("lazy proxies are already attached to this model: detach them first")
+                self.swaps.append((blocks._modules, str(i), blk, LazyBlock(blk, i, state)))
+            return
         for i, blk in enumerate(blocks):
             layout = layout_for(blk)
             for kind, name in ((ATTN, layout.attn), (MLP, layout.mlp)):
@@ -118,13 +150,13 @@ class Attachment:
                 self.swaps.append((blk._modules, name, module, ModuleProxy(module, i, kind, state)))
         if getattr(getattr(state, "policy", None), "ranges", False):
             self.swaps += [(blocks._modules, str(i), blk, BlockProxy(blk, i, state)) for i, blk in enumerate(blocks)]
-        state.blocks = list(blocks)
 
     def attach(self):
         for modules, name, original, _ in self.swaps:
             if modules[name] is not original:
-                what = "lazy proxies are already attached" if isinstance(modules[name], (ModuleProxy, BlockProxy)) \
-                    else "the model's blocks changed since this run began"
+                ours = isinstance(modules[name], (ModuleProxy, BlockProxy, LazyBlock))
+                what = ("lazy proxies are already attached" if ours
+                        else "the model's blocks changed since this run began")
                 raise RuntimeError(f"{what}: detach them first")
         for modules, name, _, proxy in self.swaps:
             modules[name] = proxy
