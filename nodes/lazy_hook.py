@@ -6,6 +6,7 @@ and swaps the module proxies into the diffusion model's blocks for exactly that 
 """
 
 import ast
+import dataclasses
 import functools
 import logging
 import math
@@ -20,6 +21,8 @@ from ..lazy_core.engine.policies import StepRange
 from ..lazy_core.engine.proxies import UnsupportedModelError, describe, register_block
 from ..lazy_core.models.checkpoint import blank_weights
 from ..lazy_core.models.dydit import DENSE_GATES_REFUSAL, LAZY_REFUSAL
+from . import families
+from .families import family_of, patch_blocks, unpatch_blocks
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,7 @@ class LazySession:
         self.title = title
         self.state = None
         self.report = None
+        self.family = None              # a block-replacement family (families.Family): block level
 
     def __deepcopy__(self, memo):
         return self
@@ -136,6 +140,12 @@ def apply_model(session, executor, x, t, c_concat=None, c_crossattn=None, contro
     timestep = base_model.model_sampling.timestep(t[:1]).float()      # rows share one sigma; stays on the device
     labels = [STREAM_LABELS.get(c, f"cond {c}") for c in options.get("cond_or_uncond", [])] or ["batch"] * len(uuids)
     state.begin_call(uuids, labels, x.shape[0] // len(uuids), x, timestep)
+    if session.family is not None:            # the block patches read the call; nothing to swap in
+        state.blocks = [blk for _, _, blk in session.family.blocks(base_model.diffusion_model)]
+        try:
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        finally:
+            state.end_call()
     handle = state.attach(base_model.diffusion_model)
     try:
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
@@ -147,13 +157,27 @@ def apply_model(session, executor, x, t, c_concat=None, c_crossattn=None, contro
 def lazy_layout(net, gates=None):
     """(architecture, depth, width) of a diffusion model the cache nodes patch; a clear error for models
     without supported blocks. A DyDiT model takes only gates (a GateBank) made on a DyDiT, its Sensitivity
-    Schedule: its widths change with every step, which no other cache's decisions were made for."""
+    Schedule: its widths change with every step, which no other cache's decisions were made for. A model of
+    a block-replacement family (families.py) is lazy a whole block at a time."""
+    family = family_of(net)
+    if family is not None:
+        if gates is not None and not gates.static:
+            raise UnsupportedModelError(f"these gates read each image's module inputs, which only DiT and PixArt "
+                                        f"models offer; a {family.name} model is lazy a whole block at a time: "
+                                        f"connect a LazyDiT Sensitivity Schedule measured on this model")
+        return families.layout(net, family)
     layout = describe(net)
     if layout[0] == "dydit" and gates is None:
         raise UnsupportedModelError(LAZY_REFUSAL)
     if layout[0] == "dydit" and gates.info.architecture == "dit":
         raise UnsupportedModelError(DENSE_GATES_REFUSAL)
     return layout                               # gates of another architecture: check_fits names both
+
+
+def architecture(net):
+    """The architecture name of a diffusion model the cache nodes patch (UnsupportedModelError otherwise)."""
+    family = family_of(net)
+    return family.name if family is not None else describe(net)[0]
 
 
 def patch_notes(model):
@@ -171,7 +195,7 @@ def patch_notes(model):
                      f"with or without a cache: use a complete file")
     net = model.model.diffusion_model
     blank = net.__dict__.get("_lazydit_blank")
-    if blank is None and describe(net)[0] not in ("dit", "dydit"):   # the pack's DiT loader refuses such files itself
+    if blank is None and architecture(net) not in ("dit", "dydit"):   # the pack's DiT loader refuses such files itself
         blank = net.__dict__["_lazydit_blank"] = blank_weights(net)
     blank = [k for k in blank or () if k not in (missing or ())]
     if blank:
@@ -188,11 +212,22 @@ def shortlist(names, n=3):
 def install(model, session, gates=None):
     """A clone of `model` whose sampling runs go through `session` (whose policy uses `gates`, if any);
     replaces an earlier LazyDiT patch. Logs patch_notes(model)."""
-    lazy_layout(model.model.diffusion_model, gates)
+    net = model.model.diffusion_model
+    lazy_layout(net, gates)
     check_no_core_cache(model)
+    family = family_of(net)
+    if family is not None and session.make_policy().ranges:
+        raise UnsupportedModelError(f"Δ-DiT caches ranges of DiT blocks; a {family.name} model is lazy a whole "
+                                    f"block at a time: use FORA, TaylorSeer or Apply Lazy Gates with a "
+                                    f"Sensitivity Schedule measured on it")
     for note in patch_notes(model):
         log.warning("LazyDiT: %s", note)
     m = model.clone()
+    unpatch_blocks(m)
+    if family is not None:
+        session.family = family
+        session.options = dataclasses.replace(session.options, level="block")
+        patch_blocks(m, session, family)
     for kind in (WRAPPERS.OUTER_SAMPLE, WRAPPERS.APPLY_MODEL):
         m.remove_wrappers_with_key(kind, KEY)
     m.add_wrapper_with_key(WRAPPERS.OUTER_SAMPLE, KEY, functools.partial(outer_sample, session))
@@ -206,6 +241,7 @@ def uninstall(model):
     if session_of(model) is None:
         return model
     m = model.clone()
+    unpatch_blocks(m)
     for kind in (WRAPPERS.OUTER_SAMPLE, WRAPPERS.APPLY_MODEL):
         m.remove_wrappers_with_key(kind, KEY)
     m.remove_attachments(KEY)

@@ -1,0 +1,38 @@
+"""The block-level lazy path on ComfyUI's other DiT families, through their own model classes (tiny random
+configurations, tests/tiny_families.py) and core sampling: exact at interval 1, lazy where asked."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tiny_families  # noqa: E402
+
+
+@pytest.mark.parametrize("name", tiny_families.FAMILIES)
+def test_family_block_cache_is_exact_at_interval_1_and_lazy_at_2(comfy, name):
+    import torch
+    from lazydit.nodes.lazy_hook import session_of
+    from lazydit.nodes.sibling_nodes import ForaNode
+
+    patcher, pos, neg, latent = tiny_families.build(name)
+    exact = tiny_families.sample(patcher, pos, neg, latent)
+    one = ForaNode.execute(patcher, 1).result[0]
+    assert torch.equal(tiny_families.sample(one, pos, neg, latent), exact)
+    two = ForaNode.execute(patcher, 2, "extrapolate").result[0]
+    lazy = tiny_families.sample(two, pos, neg, latent, steps=6)
+    report = session_of(two).report
+    assert report["ratio"] == pytest.approx(0.5, abs=0.01)
+    assert report["macs_share"] == pytest.approx(0.5, abs=0.01)
+    assert sorted(s["label"] for s in report["streams"]) == ["negative", "positive"]    # cond, uncond apart
+    assert torch.isfinite(lazy).all()
+    assert not torch.equal(lazy, tiny_families.sample(patcher, pos, neg, latent, steps=6))
+
+
+def test_delta_dit_is_refused_on_a_block_family(comfy):
+    from lazydit.nodes.sibling_nodes import DeltaDiTNode
+
+    patcher, *_ = tiny_families.build("flux")
+    with pytest.raises(Exception, match="lazy a whole block at a time"):
+        DeltaDiTNode.execute(patcher, 0.5, 0.5, 2)
