@@ -96,17 +96,31 @@ class LazySession:
         return self
 
 
-def run_timesteps(executor, args, kwargs):
-    """The run's schedule as diffusion timesteps (sampling order), from the sigmas OUTER_SAMPLE receives
+def time_scale(sampling, family):
+    """Factor from a model's own timestep to the 0..999 that gate files and plans count in: 1 for DiT and
+    PixArt; for a block family, 999 / its timestep at sigma_max (Flux counts 0..1, SD3 and Wan 0..1000)."""
+    if family is None:
+        return 1.0
+    top = float(sampling.timestep(torch.as_tensor(sampling.sigma_max, dtype=torch.float32).reshape(1)).float()[0])
+    return 999.0 / top if top > 0 else 1.0
+
+
+def schedule_times(sampling, sigmas, family):
+    """A schedule's sigmas as plan timesteps (sampling order, 0..999), the last (sigma 0) left out."""
+    live = sigmas[:-1][sigmas[:-1] > 0]
+    scale = time_scale(sampling, family)
+    return [float(t) * scale for t in sampling.timestep(live.float().cpu()).float()]
+
+
+def run_timesteps(session, executor, args, kwargs):
+    """The run's schedule as plan timesteps (sampling order), from the sigmas OUTER_SAMPLE receives
     (CFGGuider.outer_sample(noise, latent_image, sampler, sigmas, ...)); None if they cannot be read."""
     sigmas = kwargs.get("sigmas", args[3] if len(args) > 3 else None)
     guider = getattr(executor, "class_obj", None)
     patcher = getattr(guider, "model_patcher", None)
     if not isinstance(sigmas, torch.Tensor) or patcher is None:
         return None
-    sampling = patcher.get_model_object("model_sampling")
-    live = sigmas[:-1][sigmas[:-1] > 0]
-    return [float(t) for t in sampling.timestep(live.float().cpu()).float()]
+    return schedule_times(patcher.get_model_object("model_sampling"), sigmas, session.family)
 
 
 def outer_sample(session, executor, *args, **kwargs):
@@ -115,7 +129,7 @@ def outer_sample(session, executor, *args, **kwargs):
     patcher = getattr(getattr(executor, "class_obj", None), "model_patcher", None)
     if patcher is not None:
         check_no_core_cache(patcher)
-    state = RunState(session.make_policy(), session.options, run_timesteps(executor, args, kwargs))
+    state = RunState(session.make_policy(), session.options, run_timesteps(session, executor, args, kwargs))
     previous, session.state = session.state, state
     try:
         return executor(*args, **kwargs)
@@ -138,6 +152,8 @@ def apply_model(session, executor, x, t, c_concat=None, c_crossattn=None, contro
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
     base_model = executor.class_obj
     timestep = base_model.model_sampling.timestep(t[:1]).float()      # rows share one sigma; stays on the device
+    if session.family is not None:
+        timestep = timestep * time_scale(base_model.model_sampling, session.family)
     labels = [STREAM_LABELS.get(c, f"cond {c}") for c in options.get("cond_or_uncond", [])] or ["batch"] * len(uuids)
     state.begin_call(uuids, labels, x.shape[0] // len(uuids), x, timestep)
     if session.family is not None:            # the block patches read the call; nothing to swap in

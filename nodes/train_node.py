@@ -1,6 +1,7 @@
 """Gate training from the graph, and the training-free sensitivity schedule: both measure the connected model
 on its own trajectories (no data set) and save a gate file to models/lazy_gates."""
 
+import functools
 import logging
 import os
 import time
@@ -20,8 +21,10 @@ from ..lazy_core.training.calibrate import THRESHOLDS, calibrate, calibration_ca
 from ..lazy_core.training.denoisers import ContextDenoiser, LabelDenoiser
 from ..lazy_core.training.sensitivity import CHAIN, HISTORY, ORDER, measure, measure_calls, schedule_bank
 from ..lazy_core.training.train_gates import LOSS_CALLS, parser, train, train_calls
+from . import family_schedule as fs
 from .checks import Combo, Float, answer, check_inputs
 from .dit_model import DySession, dy_session_of
+from .families import family_of
 from .files import check_prefix, create_new
 from .lazy_hook import lazy_layout
 from .lazy_nodes import CATEGORY, GATES
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 OBJECTIVES = {"sensitivity": "sensitivity", "local (paper)": "local"}
 SCHEDULE_STEPS = 20                       # trajectories measured at DDIM 20; the plan serves any step count
 SCHEDULE_CALIBRATION = (10, 20, 30, 50)
+FAMILY_CALIBRATION = (4, 8, 10, 20, 30, 50)   # few-step (distilled) runs too: the plan says what they allow
 # Guided evaluations, the same for every model depth: modules=False measures whole steps only.
 SCHEDULE_CALLS = measure_calls(SCHEDULE_STEPS, 1, CHAIN, modules=False, history=HISTORY)
 CALLS_PER_STEP = ("a guided evaluation is one model call for a DiT (cond and uncond batched) and one per "
@@ -160,11 +164,14 @@ class TrainLazyGates(io.ComfyNode):
         return io.NodeOutput(as_patcher(gates), text)
 
 
-def calibration_text(gates):
-    table = gates.info.calibration
+def calibration_text(gates, steps=None):
+    """The slider's table, averaged over the calibrated step counts or at `steps`."""
+    table = gates._table(steps)
     top = table[-1][1] if table else 0.0
-    return "laziness -> lazy share: " + ", ".join(f"{lz:.1f}->{gates.expected_ratio(gates.threshold_for(lz)):.0%}"
-                                                  for lz in (0.2, 0.4, 0.6, 0.8, 1.0)) + f" (max {top:.0%})"
+    at = f" at {steps} steps" if steps else ""
+    return f"laziness -> lazy share{at}: " + ", ".join(
+        f"{lz:.1f}->{gates.expected_ratio(gates.threshold_for(lz, steps), steps):.0%}"
+        for lz in (0.2, 0.4, 0.6, 0.8, 1.0)) + f" (max {top:.0%})"
 
 
 def cost_text(calls, seconds, calibration, t0):
@@ -174,12 +181,13 @@ def cost_text(calls, seconds, calibration, t0):
     return f"{calls} model calls in {seconds:.0f} s; calibrated {how}"
 
 
-def finish(gates, denoiser, counts, prefix, bar):
-    """Calibrates at `counts` (the bar's phase 1), saves to models/lazy_gates as prefix_NNNNN.safetensors;
-    returns the path."""
+def finish(gates, denoiser, counts, prefix, bar, schedule=None):
+    """Calibrates at `counts` (the bar's phase 1) on schedule(steps) -> timesteps (default DDIM's), saves to
+    models/lazy_gates as prefix_NNNNN.safetensors; returns the path."""
     bar.phase(1)(0, calibration_calls(denoiser, gates, counts))
     with torch.no_grad():
-        gates.info.calibration, per_steps = calibrate(denoiser, gates, step_counts=counts, on_progress=bar.phase(1))
+        gates.info.calibration, per_steps = calibrate(denoiser, gates, step_counts=counts, on_progress=bar.phase(1),
+                                                      schedule=schedule)
     gates.__dict__.pop("measured", None)
     gates.info.recipe["calibration_per_steps"] = per_steps
     return create_new(folder_paths.get_folder_paths("lazy_gates")[0], prefix, gates.to_bytes())
@@ -240,6 +248,9 @@ class SensitivitySchedule(io.ComfyNode):
                 latent=None):
         check_inputs(cls, images=images, cfg=cfg, seed=seed)
         check_prefix(filename_prefix)
+        if family_of(model.model.diffusion_model) is not None:
+            return io.NodeOutput(*family_schedule(model, positive, negative, latent, images, cfg, seed,
+                                                  filename_prefix))
         mm.load_models_gpu([model])
         denoiser = make_denoiser(model, labels, positive, negative, latent, dydit=True)
         bar = CallBar(SCHEDULE_CALLS * denoiser.calls_per_step(images, cfg), 0)
@@ -251,13 +262,55 @@ class SensitivitySchedule(io.ComfyNode):
                                                            "cfg_scale": cfg, "seed": seed,
                                                            "measure_calls": costs.calls,
                                                            "model_calls": costs.model_calls})
-            gates.info.recipe["measure_seconds"] = round(costs.seconds, 1)
+            gates.info.recipe.update(measure_seconds=round(costs.seconds, 1), **predicting(model, costs))
             path = finish(gates, denoiser, SCHEDULE_CALIBRATION, filename_prefix, bar)
         text = (f"saved {shown(path)}; measured {images} trajectories ({costs.calls} guided evaluations) in "
                 f"{cost_text(costs.model_calls, costs.seconds, bar.calls - costs.model_calls, t0)}; "
-                f"{calibration_text(gates)}")
+                f"{calibration_text(gates)}; {predicted(gates, costs.timesteps)}")
         log.info(text)
         return io.NodeOutput(as_patcher(gates), text)
+
+
+def predicting(model, costs):
+    """What the predicted PSNR needs, kept in the recipe: the latent's values per image and squared range."""
+    return {"latent_numel": costs.final[0].numel(), "peak2": round(fs.peak2(model, costs.final), 6)}
+
+
+def predicted(gates, timesteps):
+    r = gates.info.recipe
+    return fs.prediction_text(gates, timesteps, r["latent_numel"], r["peak2"])
+
+
+def family_schedule(model, positive, negative, latent, images, cfg, seed, prefix):
+    """The schedule of a block-family model (families.py), measured on the user's prompt, negative and
+    latent through core's guider; (gates, text)."""
+    missing = [n for n, v in (("positive", positive), ("negative", negative), ("latent", latent)) if v is None]
+    if missing:
+        raise ValueError(f"a Sensitivity Schedule on {type(model.model.diffusion_model).__name__} measures your "
+                         f"own prompt: connect {', '.join(missing)} (positive = the prompt, negative = the "
+                         f"negative prompt, latent = an empty latent of the size you sample at)")
+    net = model.model.diffusion_model
+    arch, depth, width = lazy_layout(net)
+    bar = CallBar(fs.evaluations(SCHEDULE_STEPS), 0)
+    t0 = time.perf_counter()
+    costs = fs.measure(model, positive, negative, latent, images, cfg, seed, SCHEDULE_STEPS, bar.phase(0))
+    gates = schedule_bank(None, costs, layout=(arch, depth, width, 0),
+                          recipe={"measure_steps": SCHEDULE_STEPS, "scheduler": fs.SCHEDULER, "sampler": "euler",
+                                  "images": images, "cfg_scale": cfg, "seed": seed, "measure_calls": costs.calls,
+                                  "model_calls": costs.model_calls, "measure_seconds": round(costs.seconds, 1),
+                                  **predicting(model, costs)})
+    gates.info.source_model = fs.fingerprint(net)
+    path = finish(gates, None, FAMILY_CALIBRATION, prefix, bar, functools.partial(fs.timesteps_for, model))
+    few = [n for n, rows in gates.info.recipe["calibration_per_steps"].items() if rows[-1][1] == 0]
+    note = (f"; at {', '.join(map(str, few))} steps the plan makes nothing lazy: each step of so short a run (a "
+            f"distilled few-step model's) moves the image more than any measured chain, so laziness there would "
+            f"cost more than it saves" if few else "")
+    text = (f"saved {shown(path)}; {arch}, {depth} blocks; measured {images} trajectories of "
+            f"{SCHEDULE_STEPS} euler steps ({costs.calls} guided evaluations) in "
+            f"{cost_text(costs.model_calls, costs.seconds, 0, t0)}; {calibration_text(gates, SCHEDULE_STEPS)}; "
+            f"{predicted(gates, costs.timesteps)}{note}")
+    log.info(text)
+    return as_patcher(gates), text
 
 
 NODES = [TrainLazyGates, SensitivitySchedule]

@@ -1,6 +1,7 @@
 """Tools for choosing a laziness: a sweep grid of one prompt at several values, and an A/B compare."""
 
 import hashlib
+import math
 import time
 
 import comfy.model_management as mm
@@ -13,8 +14,11 @@ from comfy_api.latest import io
 
 from ..lazy_core.demo.metrics import STRIP_ROWS, WINDOW, pair_scores, psnr_of, summarize_psnr
 from ..lazy_core.engine.cache import CacheOptions
+from ..lazy_core.engine.policies import predicted_psnr
 from .checks import Combo, Float, answer, check_inputs, check_range, short
-from .lazy_hook import check_no_core_cache, lazy_layout, session_of, uninstall
+from .families import family_of
+from .family_schedule import peak2
+from .lazy_hook import check_no_core_cache, lazy_layout, schedule_times, session_of, uninstall
 from .lazy_nodes import CATEGORY, GATES, apply_gates, range_inputs
 from .lazy_report import render_difference, render_grid
 from .work import interruptible
@@ -80,6 +84,21 @@ def sample(model, noise, latent, steps, cfg, sampler_name, scheduler, positive, 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return samples, time.perf_counter() - started
+
+
+def predictions(model, gates, values, exact, steps, scheduler):
+    """Per column (the exact one first: None), the (lazy share, PSNR) a chain schedule's plan predicts on
+    this run's schedule, from its measured chain costs; None for gates whose decisions read each image."""
+    if gates is None or gates.model.chain is None or not gates.model.static:
+        return [None] * len(values)
+    bank = gates.model
+    ms = model.get_model_object("model_sampling")
+    times = schedule_times(ms, comfy.samplers.calculate_sigmas(ms, scheduler, steps).cpu(),
+                           family_of(model.model.diffusion_model))
+    final = model.model.process_latent_in(exact.float().cpu())          # the units the costs were measured in
+    numel = bank.info.recipe.get("latent_numel") or final[0].numel()
+    range2 = bank.info.recipe.get("peak2") if "latent_numel" in bank.info.recipe else peak2(model, final)
+    return [None] + [predicted_psnr(bank, times, v, numel, range2) for v in values[1:]]
 
 
 def value_labels(values):
@@ -218,11 +237,17 @@ class LazinessSweep(io.ComfyNode):
         if len(images[0].shape) == 5:                                              # video VAEs: first frame
             images = [im[:, 0] for im in images]
         ref = images[0]
+        expected = predictions(exact_model, gates, values, exact, steps, scheduler)
         labels, lines = [], []
-        for name, image, (_, seconds, share) in zip(names, images, columns):
+        for name, image, (_, seconds, share), guess in zip(names, images, columns, expected):
             scores = [psnr_of(float((image[b].double() - ref[b].double()).square().mean())) for b in range(len(image))]
             _, quality, label = summarize_psnr(scores)
             speed = exact_seconds / seconds if seconds > 0 else float("nan")
+            if guess is not None:             # the prediction is of the images' mean log error: their mean PSNR
+                known = [v for v in scores if math.isfinite(v)]
+                mean = f"mean {sum(known) / len(known):.2f} dB, " if known else ""
+                quality += f", {mean}predicted {guess[1]:.1f} dB at {guess[0]:.0%} lazy"
+                label += f" (pred. {guess[1]:.1f})"
             if name == "exact":
                 quality = label = "reference"
             labels.append([name, f"{share:.0%} lazy, {seconds:.1f} s ({speed:.2f}x)", label])

@@ -36,3 +36,33 @@ def test_delta_dit_is_refused_on_a_block_family(comfy):
     patcher, *_ = tiny_families.build("flux")
     with pytest.raises(Exception, match="lazy a whole block at a time"):
         DeltaDiTNode.execute(patcher, 0.5, 0.5, 2)
+
+
+@pytest.mark.parametrize("name", tiny_families.FAMILIES)
+def test_family_sensitivity_schedule_measures_plans_and_runs(comfy, counted, name):
+    import torch
+    from lazydit.lazy_core.engine.gates import GateBank
+    from lazydit.nodes.lazy_hook import session_of
+    from lazydit.nodes.lazy_nodes import ApplyLazyGates
+    from lazydit.nodes.train_node import SensitivitySchedule
+
+    patcher, pos, neg, latent = tiny_families.build(name)
+    updates = []
+    import comfy.utils
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: updates.append((value, total)))
+    try:
+        gates_patcher, text = SensitivitySchedule.execute(patcher, "all", 2, 3.0, 0, f"tiny_{name}", pos, neg,
+                                                          latent).result
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    gates = gates_patcher.model
+    assert isinstance(gates, GateBank) and gates.static and gates.longest_chain == 4
+    assert gates.info.architecture == name and "770 guided evaluations" in text
+    assert updates[-1][0] == updates[-1][1] >= 770                     # every model call counted, to the end
+    assert "predicted PSNR" in text and gates.info.recipe["calibration_per_steps"][20][-1][1] >= 0.75
+    exact = tiny_families.sample(patcher, pos, neg, latent, steps=20)
+    lazy_model = ApplyLazyGates.execute(patcher, gates_patcher, 0.5, 4, "auto", "auto").result[0]
+    lazy = tiny_families.sample(lazy_model, pos, neg, latent, steps=20)
+    report = session_of(lazy_model).report
+    assert 0.25 <= report["ratio"] <= 0.55 and torch.isfinite(lazy).all()
+    assert not torch.equal(lazy, exact)

@@ -284,18 +284,11 @@ class Call:
             written = self._keep_rows(key, res, compute)
             if stand is not written:
                 stand.index_copy_(0, idx, res.to(stand.dtype))
-        out, at = {}, 0
-        for name, shape in form:
-            if shape is None:
-                out[name] = None
-                continue
-            n = math.prod(shape)
-            x = inputs[name]
-            y = x + stand[:, 0, at:at + n].view(x.shape).to(x.dtype)
-            if fresh is not None:
-                y.index_copy_(0, idx.to(y.device), fresh[name])
-            out[name] = y
-            at += n
+        out = unpack(inputs, stand, form)
+        if fresh is not None:
+            for name, y in out.items():
+                if y is not None:
+                    y.index_copy_(0, idx.to(y.device), fresh[name])
         slab.runs[key] = [0 if c else r + 1 for c, r in zip(compute, runs)]
         self._count_block(block, compute)
         return out
@@ -451,6 +444,20 @@ def pack(inputs, out, form):
     """(rows, 1, N): the residuals output - input of every output in `form`, flattened side by side."""
     parts = [(out[k] - inputs[k]).flatten(1) for k, s in form if s is not None]
     return torch.cat(parts, 1).unsqueeze(1) if len(parts) > 1 else parts[0].unsqueeze(1)
+
+
+def unpack(inputs, stand, form):
+    """A lazy block's outputs: each input of `form` plus its part of the residuals `stand` (rows, 1, N)."""
+    out, at = {}, 0
+    for name, shape in form:
+        if shape is None:
+            out[name] = None
+            continue
+        n = math.prod(shape)
+        x = inputs[name]
+        out[name] = x + stand[:, 0, at:at + n].view(x.shape).to(x.dtype)
+        at += n
+    return out
 
 
 class RunState:

@@ -149,6 +149,43 @@ def plan_share(thr):
     return lazy / thr.shape[0]
 
 
+def plan_chains(thr):
+    """[(start, length)] of the lazy chains a plan makes for an image at the schedule's costs, as
+    plan_share walks it."""
+    chains, r = [], 0
+    for k in range(thr.shape[0]):
+        if float(thr[k, r]) >= 0:
+            r += 1
+            continue
+        if r:
+            chains.append((k - r, r))
+        r = 0
+    if r:
+        chains.append((thr.shape[0] - r, r))
+    return chains
+
+
+def predicted_error(gates, timesteps, laziness, max_run=4):
+    """(lazy share, final-image squared error) that a chain schedule's plan is expected to reach on a run's
+    schedule at the slider's `laziness`: the measured costs of the chains it makes, summed (chains far
+    apart add their errors, as independent perturbations of the trajectory do)."""
+    threshold = gates.threshold_for(laziness, steps=len(timesteps))
+    costs = chain_costs(gates, timesteps, min(max_run, gates.longest_chain))
+    chains = plan_chains(chain_plan(costs, math.exp(threshold)))
+    lazy = sum(n for _, n in chains)
+    return lazy / len(timesteps), sum(float(costs[i, n - 1]) for i, n in chains)
+
+
+def predicted_psnr(gates, timesteps, laziness, numel, peak2, max_run=4):
+    """(lazy share, PSNR in dB) to expect at `laziness` (predicted_error), for a latent of `numel` values
+    per image whose range is sqrt(peak2); inf where nothing is lazy. None for gates without chains, whose
+    decisions depend on each image."""
+    if gates.chain is None or not gates.static:
+        return None
+    share, err = predicted_error(gates, timesteps, laziness, max_run)
+    return share, (10 * math.log10(peak2 * numel / err) if err > 0 else math.inf)
+
+
 class LearnedGates(Policy):
     """LazyDiT gates; the cond and uncond rows of an image decide together on their mean logit (tie_rows).
 

@@ -35,7 +35,7 @@ THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.9
 
 @torch.no_grad()
 def calibrate(model, gates, step_counts=(10, 20, 50), thresholds=THRESHOLDS, rows=8, cfg_scale=4.0, seed=0,
-              on_progress=None):
+              on_progress=None, schedule=None):
     """Returns (table [[threshold, mean ratio]], per_steps {steps: [[threshold, ratio]]}).
 
     model: a DiT, or a denoiser (lazy_core.training.denoisers) for other models. A schedule (gates that read no
@@ -44,7 +44,7 @@ def calibrate(model, gates, step_counts=(10, 20, 50), thresholds=THRESHOLDS, row
     on_progress(done, total) reports each one."""
     thresholds = grid_for(gates, thresholds)
     if from_plan(gates):
-        return plan_table(gates, step_counts, thresholds, getattr(gates, "measured", None))
+        return plan_table(gates, step_counts, thresholds, getattr(gates, "measured", None), schedule)
     den = as_denoiser(model)
     rows = 1 if gates.static else rows
     forward = Counted(den.forward, calibration_calls(den, gates, step_counts, thresholds, rows, cfg_scale),
@@ -93,14 +93,15 @@ def calibration_calls(model, gates, step_counts, thresholds=THRESHOLDS, rows=8, 
 
 
 @torch.no_grad()
-def plan_table(gates, step_counts, thresholds, measured=None):
+def plan_table(gates, step_counts, thresholds, measured=None, schedule=None):
     """The same table without sampling: the lazy share of the plan at each threshold on each step count's
     DDIM schedule. A schedule (decisions that read no input) decides alike for every image, so its plan
     is the answer; learned gates decide per image, predicted here from the pooled inputs measured along
-    the images' exact trajectories (sensitivity.Costs), interpolated to the schedule's timesteps."""
+    the images' exact trajectories (sensitivity.Costs), interpolated to the schedule's timesteps.
+    schedule(steps) -> the run's timesteps (sampling order); default DDIM's."""
     per_steps = {}
     for n in step_counts:
-        ts = space_timesteps(n)[::-1]
+        ts = schedule(n) if schedule is not None else space_timesteps(n)[::-1]
         costs = chain_costs(gates, ts, gates.longest_chain)
         if measured is None:
             per_steps[n] = [[thr, round(plan_share(chain_plan(costs, math.exp(thr))), 4)]

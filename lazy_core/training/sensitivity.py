@@ -54,6 +54,7 @@ class Costs:
     calls: int = 0                   # guided evaluations made
     history: str = "exact"           # the computed outputs a chain's forecast started from (see measure)
     model_calls: int = 0             # calls of the model (a guided evaluation makes one or more)
+    final: torch.Tensor = None       # (images, ...) the exact trajectories' final latents, on the CPU
 
 
 class _Holder:
@@ -250,7 +251,7 @@ def measure(model, steps=20, images=16, cfg_scale=4.0, seed=0, pooling="mean", o
         handle.detach()
     step_cost = costs[:, 0].clone() if chain else None
     return Costs(list(ts), cost, features, gain, step_cost, coherent, time.perf_counter() - t0, reuse, order,
-                 costs, evaluations[0], history, counted.done)
+                 costs, evaluations[0], history, counted.done, final.float().cpu())
 
 
 #################################################################################
@@ -293,20 +294,24 @@ def _chains(costs):
     return costs.chain[1:].clamp_min(EPS).log().mean(-1), torch.tensor(costs.timesteps, dtype=torch.float32)
 
 
-def _info(model, costs, buckets, pooling, recipe, level):
+def _info(model, costs, buckets, pooling, recipe, level, layout=None):
     recipe = {**recipe, "reuse": costs.reuse, "order": costs.order, "history": costs.history}
-    den = as_denoiser(model)
-    arch, depth, width = describe(den.model)
+    if layout is None:
+        den = as_denoiser(model)
+        layout = (*describe(den.model), den.tokens)
+    arch, depth, width, tokens = layout
     grid = [round(i * 999 / (buckets - 1)) for i in range(buckets)]
-    return GateInfo(arch, depth, width, grid, pooling=pooling, tokens=den.tokens, recipe=recipe, score="log-cost",
+    return GateInfo(arch, depth, width, grid, pooling=pooling, tokens=tokens, recipe=recipe, score="log-cost",
                     granularity=level)
 
 
-def schedule_bank(model, costs: Costs, buckets=25, pooling="mean", recipe=None, level="step"):
-    """Training-free gates: logit(bucket, block, module) = the images' mean log cost there."""
+def schedule_bank(model, costs: Costs, buckets=25, pooling="mean", recipe=None, level="step", layout=None):
+    """Training-free gates: logit(bucket, block, module) = the images' mean log cost there. layout:
+    (architecture, depth, width, tokens) of a model that is no denoiser (a host's block family)."""
     y = targets(costs, level).mean(-1)                                  # (steps-1, depth, 2)
     chain, chain_t = _chains(costs) if level == "step" else (None, None)
-    info = _info(model, costs, buckets, pooling, {"objective": "sensitivity schedule", **(recipe or {})}, level)
+    info = _info(model, costs, buckets, pooling, {"objective": "sensitivity schedule", **(recipe or {})}, level,
+                 layout)
     bias = interp_steps(y, costs.timesteps[1:], info.timesteps).permute(1, 2, 0)   # (depth, 2, buckets)
     weight = torch.zeros(info.depth, len(MODULES), buckets, info.width)
     return GateBank(info, weight, bias=bias, prior=bias, chain=chain, chain_t=chain_t)
