@@ -21,7 +21,8 @@ RUNS = {
     "lazydit_dydit_fashion": ["17", "9"],
     "lazydit_sweep_fashion": ["8"],
 }
-SCREENSHOTS = ["lazydit_dit_xl2_256", "lazydit_pixart_sigma"]
+SCREENSHOTS = ["lazydit_dit_xl2_256", "lazydit_pixart_sigma", "lazydit_flux_dev", "lazydit_sd35_medium",
+               "lazydit_wan21_t2v"]
 WIDTH = 640
 PER_ROW = 5                # images per row of a thumbnail
 

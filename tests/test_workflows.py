@@ -15,7 +15,8 @@ UI_FILES = sorted(glob.glob(os.path.join(ROOT, "example_workflows", "*.json")))
 INTERFACE = os.path.join(ROOT, "tests", "node_interface.json")
 # Workflows for the real model families: the files they name are the user's (not shipped), so they are checked
 # against the node schemas instead of run.
-REAL_MODELS = {"lazydit_dit_xl2_256.json", "lazydit_pixart_sigma.json"}
+REAL_MODELS = {"lazydit_dit_xl2_256.json", "lazydit_pixart_sigma.json", "lazydit_flux_dev.json",
+               "lazydit_sd35_medium.json", "lazydit_wan21_t2v.json"}
 MODEL_FILE = (".pt", ".pth", ".safetensors", ".ckpt")
 RUNNABLE = [p for p in UI_FILES if os.path.basename(p) not in REAL_MODELS]
 
