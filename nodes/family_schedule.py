@@ -7,6 +7,7 @@ to the loop's Holder, so a chain's lazy blocks stand in with the forecast the en
 """
 
 import functools
+import logging
 
 import comfy.model_management as mm
 import comfy.sample
@@ -20,8 +21,18 @@ from ..lazy_core.training.sensitivity import CHAIN, ORDER, measure_calls
 from . import lazy_hook
 from .families import family_of, layout, patch_blocks
 
+log = logging.getLogger(__name__)
+
 SCHEDULER = "simple"
 MEMORY_SHARE = 0.8            # of the free memory the measured residuals may take
+
+
+def accelerator():
+    return mm.get_torch_device()
+
+
+def free_memory(device):
+    return mm.get_free_memory(device)
 
 
 def timesteps_for(model, steps):
@@ -62,17 +73,26 @@ def measure(model, positive, negative, latent, images, cfg, seed, steps, on_prog
     noise = comfy.sample.prepare_noise(samples, seed)
     holder = chains.Holder()
     span = chains.window(CHAIN, history("extrapolate", ORDER))
-    device = mm.get_torch_device()
+    device = accelerator()
 
     def check_memory(k, nbytes):
+        """After the first step: the residuals stay where they are if the window fits, go to system RAM if
+        only that has room (at the cost of transfers), else a clear refusal."""
         if k:
-            return
-        need, free = nbytes * span, mm.get_free_memory(device)
-        if need > MEMORY_SHARE * free:
-            raise ValueError(f"the schedule keeps {span} steps of every block's residuals: {need / 2 ** 30:.1f} GiB "
-                             f"for {images} trajectories of this latent, more than {MEMORY_SHARE:.0%} of the "
-                             f"{free / 2 ** 30:.1f} GiB free on {device}: set `images` lower or measure on a "
-                             f"smaller latent")
+            return None
+        need, free = nbytes * span, free_memory(device)
+        if need <= MEMORY_SHARE * free:
+            return None
+        cpu = torch.device("cpu")
+        ram = free_memory(cpu)
+        if device.type != "cpu" and need <= MEMORY_SHARE * ram:
+            log.info("LazyDiT schedule: %.1f GiB of residuals kept in system RAM (%.1f GiB free on %s)",
+                     need / 2 ** 30, free / 2 ** 30, device)
+            return cpu
+        raise ValueError(f"the schedule keeps {span} steps of every block's residuals: {need / 2 ** 30:.1f} GiB for "
+                         f"{images} trajectories of this latent, more than {MEMORY_SHARE:.0%} of the "
+                         f"{free / 2 ** 30:.1f} GiB free on {device} (and of the {ram / 2 ** 30:.1f} GiB of free "
+                         f"system RAM): set `images` lower or measure on a smaller latent")
 
     def progress(done, total):
         mm.throw_exception_if_processing_interrupted()

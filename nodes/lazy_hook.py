@@ -129,7 +129,11 @@ def outer_sample(session, executor, *args, **kwargs):
     patcher = getattr(getattr(executor, "class_obj", None), "model_patcher", None)
     if patcher is not None:
         check_no_core_cache(patcher)
-    state = RunState(session.make_policy(), session.options, run_timesteps(session, executor, args, kwargs))
+    timesteps = run_timesteps(session, executor, args, kwargs)
+    state = RunState(session.make_policy(), session.options, timesteps)
+    notice = few_steps_notice(state.policy, timesteps)
+    if notice:
+        log.warning("LazyDiT: %s", notice)
     previous, session.state = session.state, state
     try:
         return executor(*args, **kwargs)
@@ -140,6 +144,18 @@ def outer_sample(session, executor, *args, **kwargs):
             session.report = state.report()
             session.report["title"] = session.title
             log.info("%s", session.report["text"].splitlines()[0])
+
+
+def few_steps_notice(policy, timesteps):
+    """What to tell a user whose run is too short for the schedule to make anything lazy (a distilled
+    few-step model's 4 or 8 steps): the plan, made from the measured chain costs, found no step cheap
+    enough. '' otherwise."""
+    inner = getattr(policy, "inner", policy)
+    if getattr(inner, "share", None) != 0 or not timesteps or not getattr(inner, "laziness", None):
+        return ""
+    return (f"at {len(timesteps)} steps this schedule makes nothing lazy: each step of so short a run moves the "
+            f"image more than any chain of lazy steps it measured, so laziness would cost more than it saves "
+            f"(a distilled few-step model: sample it exact)")
 
 
 def apply_model(session, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,

@@ -19,8 +19,14 @@
               at --targets' first share, side by side at equal attention/MLP MACs with the dense DiT and its
               shipped schedule, DyDiT alone (its 20 steps, and fewer steps at equal MACs) and the dense DiT
               with fewer steps. PSNR against the exact DiT run and against DyDiT's complete model.
+  --levels    with --compare: the sensitivity schedule at module level (attention and MLP outputs cached, the
+              norms and adds recomputed) against block level (each block's residual cached: the path of
+              Flux, SD3, Wan, ...), with the shipped schedule and with one measured at block level as the
+              Sensitivity Schedule node measures a block family (chains of 4, 16 images, seed 1000), at
+              --targets, with fewer steps at equal MACs.
 
     .venv/bin/python scripts/bench_quality.py --compare --per-class 10 --seeds 0 1 2
+    .venv/bin/python scripts/bench_quality.py --compare --levels --steps 20 --targets 0.3 0.5 0.67
     .venv/bin/python scripts/bench_quality.py --compare --dydit --short --steps 20 --targets 0.5
     .venv/bin/python scripts/bench_quality.py --compare --dydit-schedule --per-class 10 --seeds 0 --threads 1
 """
@@ -103,7 +109,9 @@ def main(args):
             sampler = "DDIM (eta 0, DiT spacing)" + (", dynamic (sliced widths, token skipping)" if args.dydit else "")
             manifest.setdefault(name, {})["quality"] = {"samples": len(ev.labels), "sampler": sampler, **results}
             json.dump(manifest, open(path, "w"), indent=1)
-    if args.compare and args.dydit_schedule:
+    if args.compare and args.levels:
+        compare_levels(args, model, classifier)
+    elif args.compare and args.dydit_schedule:
         compare_dydit_schedule(args, model, dydit, classifier)
     elif args.compare:
         compare(args, model, dydit, classifier)
@@ -276,11 +284,105 @@ def compare_dydit_schedule(args, model, dydit, classifier):
               f"{ours['fid'] - s['fid']:+.2f}, acc {ours['accuracy'] - s['accuracy']:+.1%}", flush=True)
 
 
+def block_schedule(model, steps=20, images=16, cfg=4.0, seed=1000):
+    """A schedule measured at block level on the demo DiT, as the Sensitivity Schedule node measures a block
+    family (lazy_core.training.chains), on DDIM: every block lazy or computing, its residual forecast."""
+    from lazydit.lazy_core.engine.cache import CacheOptions
+    from lazydit.lazy_core.engine.proxies import Attachment
+    from lazydit.lazy_core.models.diffusion import GaussianDiffusion, space_timesteps
+    from lazydit.lazy_core.training import chains
+    from lazydit.lazy_core.training.calibrate import calibrate
+    from lazydit.lazy_core.training.denoisers import LabelDenoiser
+    from lazydit.lazy_core.training.sensitivity import schedule_bank
+
+    den = LabelDenoiser(model)
+    holder = chains.Holder()
+    holder.options = CacheOptions(level="block")          # the Attachment swaps whole blocks in
+    g = torch.Generator().manual_seed(seed)
+    cond = den.draw(images, g)
+    x = torch.randn(images, *den.latent, generator=g)
+    ts = space_timesteps(steps)[::-1]
+    acp = torch.as_tensor(GaussianDiffusion().alphas_cumprod, dtype=torch.float64)
+
+    def forward(xx, tt, yy, stream=None):
+        holder.begin_call(["positive", "negative"][:len(xx) // images], None, images, xx, None)
+        try:
+            return den.forward(xx, tt, yy)
+        finally:
+            holder.end_call()
+    eps_fn = den.eps_fn(forward, cond, cfg)
+
+    def evaluate(xx, k):
+        return eps_fn(xx, torch.full((images,), ts[k], dtype=torch.long))
+
+    def step(xx, k, eps):
+        a = float(acp[ts[k]])
+        a_next = float(acp[ts[k + 1]]) if k + 1 < steps else 1.0
+        x0 = (xx - math.sqrt(1 - a) * eps) / math.sqrt(a)
+        return math.sqrt(a_next) * x0 + math.sqrt(1 - a_next) * eps
+    handle = Attachment(model, holder).attach()
+    try:
+        with torch.no_grad():
+            costs = chains.measure_blocks(holder, evaluate, step, ts, x, model.config.depth)
+    finally:
+        handle.detach()
+    bank = schedule_bank(model, costs, recipe={"measure_steps": steps, "images": images, "cfg_scale": cfg,
+                                               "seed": seed, "level": "block"})
+    bank.info.calibration, per_steps = calibrate(model, bank, step_counts=(10, 20, 30, 50))
+    bank.info.recipe["calibration_per_steps"] = per_steps
+    return bank, costs
+
+
+def compare_levels(args, model, classifier):
+    """The schedule at module and at block level, side by side, with fewer steps at equal MACs."""
+    from lazydit.lazy_core.demo.evaluate import Evaluator
+    from lazydit.lazy_core.engine.cache import CacheOptions
+    from lazydit.lazy_core.engine.gates import GateBank
+    from lazydit.lazy_core.engine.policies import LearnedGates
+
+    shipped = GateBank.load(os.path.join(WEIGHTS, args.schedule))
+    blocks, costs = block_schedule(model)
+    print(f"block-level schedule measured: {costs.calls} guided calls of 16 images in {costs.seconds:.0f} s",
+          flush=True)
+    ev = Evaluator(model, classifier, per_class=args.per_class, seeds=args.seeds)
+    cfg = args.cfg[0]
+    print(f"demo model, {len(ev.labels)} samples (10 classes x {args.per_class} x seeds {args.seeds}), cfg {cfg}, DDIM")
+    print("| method | lazy | GMACs | wall s | speed | PSNR | SSIM | FID | acc |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n in args.steps:
+        exact = ev.sample(n, cfg)
+
+        def row(name, sampled):
+            s = ev.scores(sampled, exact)
+            p = "inf" if s["psnr"] == float("inf") else f"{s['psnr']:.2f} ±{s.get('psnr_sd', 0):.2f}"
+            print(f"| {name} | {s['lazy_ratio']:.0%} | {s['gmacs']:.2f} | {s['seconds']:.1f} | "
+                  f"{exact.seconds / s['seconds']:.2f}x | {p} | {s['ssim']:.4f} | {s['fid']:.2f} | "
+                  f"{s['accuracy']:.1%} |", flush=True)
+            return s
+        row(f"DDIM {n} (exact)", exact)
+        for target in args.targets:
+            for name, bank, level in (("schedule, module level", shipped, "module"),
+                                      ("schedule, block level", shipped, "block"),
+                                      ("block-measured schedule, block level", blocks, "block")):
+                r = bank.info.recipe
+                options = CacheOptions(reuse=r.get("reuse", "extrapolate"), order=r.get("order", 1),
+                                       max_lazy_steps=bank.longest_chain, level=level)
+                lz = laziness_for(bank, target, n)
+                s = row(f"{name} {n} @ {lz:.2f}", ev.sample(n, cfg, LearnedGates(bank, bank.threshold_for(lz, n), lz),
+                                                             options))
+            fewer = max(1, round(n * (1 - target)))
+            row(f"DDIM {fewer} (equal MACs)", ev.sample(fewer, cfg))
+            same = max(1, round(n * s["seconds"] / exact.seconds))      # the block-measured schedule's wall time
+            if same != fewer:
+                row(f"DDIM {same} (its wall time)", ev.sample(same, cfg))
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", action="store_true")
     p.add_argument("--compare", action="store_true")
     p.add_argument("--dydit", action="store_true", help="add the DyDiT demo model (see above)")
+    p.add_argument("--levels", action="store_true", help="module against block level (see above)")
     p.add_argument("--dydit-schedule", action="store_true", help="DyDiT with its own sensitivity schedule (see above)")
     p.add_argument("--save-schedule", default="", help="with --dydit-schedule: also save the DyDiT's schedule there")
     p.add_argument("--write", action="store_true", help="with --manifest: store the figures in the manifest")

@@ -113,3 +113,60 @@ def test_block_level_refuses_block_range_policies():
     with pytest.raises(ValueError, match="Δ-DiT caches block ranges itself"):
         with LazyRun(model, DeltaDiT(3, 1, 500, 2), CacheOptions(level="block")):
             pass
+
+
+def measure_chains(model, x, y, ts, step, on_step=None):
+    """lazy_core.training.chains on a tiny DiT at block level, without guidance: one call per evaluation."""
+    from lazy_core.engine.proxies import Attachment
+    from lazy_core.training import chains
+
+    holder = chains.Holder()
+    holder.options = CacheOptions(level="block")
+
+    def evaluate(xx, k):
+        holder.begin_call(["positive"], ["positive"], len(xx), xx, None)
+        try:
+            return model(xx, torch.full((len(xx),), ts[k]), y)
+        finally:
+            holder.end_call()
+    handle = Attachment(model, holder).attach()
+    try:
+        with torch.no_grad():
+            return chains.measure_blocks(holder, evaluate, step, ts, x, model.config.depth, on_step=on_step)
+    finally:
+        handle.detach()
+
+
+def test_measured_block_chain_cost_is_the_final_error_of_an_engine_run_lazy_on_that_chain():
+    """A chain from step 1 (the forecast has step 0 only, as a run's would) costs what CacheOptions(level=
+    "block") lazy on exactly those steps does to the final latent; residuals moved off the device after
+    the first step (system RAM, when an accelerator's is short) measure the same."""
+    from lazy_core.engine.policies import StaticMask
+    from lazy_core.training.sensitivity import measure_calls
+
+    model = tiny_dit(depth=2)
+    x, y = inputs()
+    ts = [950.0, 800.0, 650.0, 500.0, 350.0, 200.0, 50.0]
+
+    def step(xx, k, out):
+        return xx - 0.15 * out[:, :4]
+    costs = measure_chains(model, x, y, ts, step)
+    moved = measure_chains(model, x, y, ts, step, on_step=lambda k, nbytes: torch.device("cpu") if k == 0 else None)
+    assert costs.calls == measure_calls(len(ts), 1, 4, modules=False, history="periodic")
+    assert torch.equal(costs.chain, moved.chain)
+    with torch.no_grad():
+        exact = x
+        for k, t in enumerate(ts):
+            exact = step(exact, k, model(exact, torch.full((4,), t), y))
+        for n in range(1, 5):
+            mask = torch.zeros(len(ts), 2, 2, dtype=torch.bool)
+            mask[1:1 + n] = True
+            options = CacheOptions(level="block", reuse="extrapolate", max_lazy_steps=4)
+            with LazyRun(model, StaticMask(mask), options) as run:
+                z = x
+                for k, t in enumerate(ts):
+                    z = step(z, k, run(z, torch.full((4,), t), y))
+            assert run.report["ratio"] == pytest.approx(n / len(ts))
+            final_error = (z - exact).pow(2).flatten(1).sum(1)
+            assert torch.allclose(costs.chain[1, n - 1], final_error, rtol=1e-4, atol=1e-9), n
+            assert torch.allclose(costs.final, exact)

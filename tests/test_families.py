@@ -1,6 +1,7 @@
 """The block-level lazy path on ComfyUI's other DiT families, through their own model classes (tiny random
 configurations, tests/tiny_families.py) and core sampling: exact at interval 1, lazy where asked."""
 
+import logging
 import os
 import sys
 
@@ -39,7 +40,7 @@ def test_delta_dit_is_refused_on_a_block_family(comfy):
 
 
 @pytest.mark.parametrize("name", tiny_families.FAMILIES)
-def test_family_sensitivity_schedule_measures_plans_and_runs(comfy, counted, name):
+def test_family_sensitivity_schedule_measures_plans_and_runs(comfy, caplog, name):
     import torch
     from lazydit.lazy_core.engine.gates import GateBank
     from lazydit.nodes.lazy_hook import session_of
@@ -66,3 +67,26 @@ def test_family_sensitivity_schedule_measures_plans_and_runs(comfy, counted, nam
     report = session_of(lazy_model).report
     assert 0.25 <= report["ratio"] <= 0.55 and torch.isfinite(lazy).all()
     assert not torch.equal(lazy, exact)
+    # A few-step run: the plan finds nothing cheap enough, and says so (the schedule's text said it too).
+    assert "at 4 steps the plan makes nothing lazy" in text
+    with caplog.at_level(logging.WARNING):
+        tiny_families.sample(lazy_model, pos, neg, latent, steps=4)
+    assert session_of(lazy_model).report["ratio"] == 0 and "at 4 steps this schedule makes nothing lazy" in caplog.text
+
+
+def test_family_schedule_keeps_residuals_in_ram_or_refuses_by_free_memory(comfy, monkeypatch):
+    """After the first step the schedule checks its window of residuals against the free memory: kept where
+    they are if they fit, moved to system RAM if only that has room (the same costs), else a refusal that
+    names `images` and the latent."""
+    import torch
+    from lazydit.nodes import family_schedule as fs
+
+    patcher, pos, neg, latent = tiny_families.build("flux")
+    plain = fs.measure(patcher, pos, neg, latent, 2, 3.0, 0, 6)
+    monkeypatch.setattr(fs, "accelerator", lambda: torch.device("cuda"))      # as if sampling on a GPU
+    monkeypatch.setattr(fs, "free_memory", lambda device: 2 ** 40 if device.type == "cpu" else 1)
+    moved = fs.measure(patcher, pos, neg, latent, 2, 3.0, 0, 6)
+    assert torch.equal(plain.chain, moved.chain) and torch.isfinite(plain.chain[1:, 0]).all()
+    monkeypatch.setattr(fs, "free_memory", lambda device: 1)
+    with pytest.raises(ValueError, match="set `images` lower or measure on a smaller latent"):
+        fs.measure(patcher, pos, neg, latent, 2, 3.0, 0, 6)

@@ -228,11 +228,12 @@ class LearnedGates(Policy):
         self.max_run = gates.longest_chain if self.cost else None
         self.schedule = None                         # (timesteps (S,), log thresholds (S, depth, 2))
         self.chains = None                           # chain plans: (timesteps (S,), log thresholds (S, R + 1))
+        self.share = None                            # the chain plan's lazy share at the schedule's costs
         self._on = {}                                # device -> the gate tensors there
 
     def plan(self, timesteps, max_run=1):
         self._on.clear()                             # device copies of an earlier run's plan
-        self.schedule = self.chains = None
+        self.schedule = self.chains = self.share = None
         if self.laziness is not None and len(timesteps):
             self.threshold = float(self.gates.threshold_for(self.laziness, steps=len(timesteps)))
         if not self.cost or not len(timesteps):
@@ -241,6 +242,7 @@ class LearnedGates(Policy):
         if self.gates.chain is not None and self.per_step:
             longest = min(max_run, self.gates.longest_chain)
             thr = chain_plan(chain_costs(self.gates, timesteps, longest), lam)
+            self.share = plan_share(thr)             # what the plan makes lazy at the schedule's own costs
             prior = torch.tensor([float(self.gates.prior[0, 0, b]) if b is not None else float("inf")
                                   for b in (self.gates.bucket(t) for t in timesteps)])
             self.chains = (torch.tensor([float(t) for t in timesteps]), prior[:, None] + thr)

@@ -45,8 +45,9 @@ class Calls:
     """One guided evaluation's block answers, per model call: compute (recording each block's residual per
     cond uuid), or, when lazy, stand in for every block with the forecast from `history`."""
 
-    def __init__(self, record=False, history=None, w=None):
+    def __init__(self, record=False, history=None, w=None, store=None):
         self.record = record
+        self.store = store              # where recorded residuals are kept (None: where they were computed)
         self.history = history          # newest first: [{(uuid, block): (form, (per, 1, N))}, ...]
         self.w = w                      # (1, K) forecast weights of those steps
         self.outputs = {}
@@ -67,14 +68,15 @@ class Calls:
             if form:
                 res = pack(inputs, out, form)
                 for j, k in enumerate(keys):
-                    self.outputs[k] = (form, res[j * self.per:(j + 1) * self.per])
+                    part = res[j * self.per:(j + 1) * self.per]
+                    self.outputs[k] = (form, part if self.store is None else part.to(self.store))
         return out
 
     def _forecast(self, keys, inputs):
         form = self.history[0][keys[0]][0]
         parts = []
         for k in keys:
-            outs = [h[k][1] for h in self.history if k in h]
+            outs = [h[k][1].to(inputs[form[0][0]].device) for h in self.history if k in h]
             parts.append(forecast.combine(outs[0], outs[1:], self.w[:, :len(outs)].expand(self.per, -1)))
         return unpack(inputs, torch.cat(parts) if len(parts) > 1 else parts[0], form)
 
@@ -92,7 +94,8 @@ def measure_blocks(holder, evaluate, step, timesteps, x, depth, chain=CHAIN, reu
     holder: the Holder the blocks read; evaluate(x, k) -> the guided prediction at step k (the host's
     model call(s), answered by holder.evaluation); step(x, k, pred) -> the latent at step k + 1;
     timesteps: the schedule (0..999, sampling order); depth: the model's blocks. on_step(k, nbytes) after
-    each exact step, with the bytes of residuals kept then (a host checks them against its free memory);
+    each exact step, with the bytes of residuals kept then (a host checks them against its free memory),
+    may return a device to keep them on from then on (the CPU's RAM, when the accelerator's is short);
     on_progress(done, total) before each evaluation (a host may raise there to stop). Guided evaluations:
     measure_calls(steps, 1, chain, modules=False, history="periodic")."""
     t0, calls0 = time.perf_counter(), holder.calls
@@ -123,8 +126,9 @@ def measure_blocks(holder, evaluate, step, timesteps, x, depth, chain=CHAIN, reu
 
     outputs, finals = {}, {}
     gain = torch.zeros(steps, images)
+    store = None
     for k in range(steps):
-        rec = Calls(record=True)
+        rec = Calls(record=True, store=store)
         pred = run(rec, x, k)
         outputs[k] = rec.outputs
         for n in range(1, min(chain, steps - k) + 1):
@@ -144,7 +148,10 @@ def measure_blocks(holder, evaluate, step, timesteps, x, depth, chain=CHAIN, reu
         for j in [j for j in outputs if j <= k - span]:
             del outputs[j]
         if on_step is not None:
-            on_step(k, sum(v.numel() * v.element_size() for o in outputs.values() for _, v in o.values()))
+            moved = on_step(k, sum(v.numel() * v.element_size() for o in outputs.values() for _, v in o.values()))
+            if moved is not None:
+                store = moved
+                outputs = {j: {key: (f, v.to(store)) for key, (f, v) in o.items()} for j, o in outputs.items()}
         x = step(x, k, pred)
     final = x.float().cpu()
     costs = torch.full((steps, chain, images), float("inf"))
