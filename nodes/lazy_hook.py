@@ -198,7 +198,12 @@ def lazy_layout(net, gates=None):
                                         f"models offer; a {family.name} model is lazy a whole block at a time: "
                                         f"connect a LazyDiT Sensitivity Schedule measured on this model")
         return families.layout(net, family)
-    layout = describe(net)
+    try:
+        layout = describe(net)
+    except UnsupportedModelError as err:
+        names = ", ".join(sorted({f.name for f in families.FAMILIES.values()}))
+        raise UnsupportedModelError(f"{err}, and ComfyUI's {names} models through the block replacements their "
+                                    f"forward offers; this {type(net).__name__} offers none") from None
     if layout[0] == "dydit" and gates is None:
         raise UnsupportedModelError(LAZY_REFUSAL)
     if layout[0] == "dydit" and gates.info.architecture == "dit":

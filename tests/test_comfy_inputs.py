@@ -286,7 +286,8 @@ def test_unsupported_model_is_named(comfy):
     gates = LoadLazyGates.execute("dit_demo_fashion_gates.safetensors (built in)").args[0]
     with pytest.raises(UnsupportedModelError, match="UNetModel has no `blocks` list .* supports DiT and PixArt"):
         ApplyLazyGates.execute(sd15, gates, 0.5, 1, "auto", "auto")
-    with pytest.raises(UnsupportedModelError, match="UNetModel has no `blocks`"):
+    with pytest.raises(UnsupportedModelError, match="UNetModel has no `blocks`.*auraflow, chroma, flux.*this "
+                                                    "UNetModel offers none"):
         ForaNode.execute(sd15, 2)
     odd = torch.nn.Module()
     odd.blocks = torch.nn.ModuleList([torch.nn.Linear(2, 2)])

@@ -56,12 +56,16 @@ def test_family_sensitivity_schedule_measures_plans_and_runs(comfy, caplog, name
                                                           latent).result
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
+    import folder_paths
+    os.remove(os.path.join(folder_paths.base_path, text[len("saved "):].split(";")[0]))    # keep the folder as it was
     gates = gates_patcher.model
     assert isinstance(gates, GateBank) and gates.static and gates.longest_chain == 4
     assert gates.info.architecture == name and "770 guided evaluations" in text
     assert updates[-1][0] == updates[-1][1] >= 770                     # every model call counted, to the end
     assert "predicted PSNR" in text and gates.info.recipe["calibration_per_steps"][20][-1][1] >= 0.75
     exact = tiny_families.sample(patcher, pos, neg, latent, steps=20)
+    zero = ApplyLazyGates.execute(patcher, gates_patcher, 0.0, 4, "auto", "auto").result[0]
+    assert torch.equal(tiny_families.sample(zero, pos, neg, latent, steps=20), exact)     # laziness 0: exact
     lazy_model = ApplyLazyGates.execute(patcher, gates_patcher, 0.5, 4, "auto", "auto").result[0]
     lazy = tiny_families.sample(lazy_model, pos, neg, latent, steps=20)
     report = session_of(lazy_model).report

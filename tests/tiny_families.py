@@ -143,15 +143,18 @@ def _randomize(net, seed):
                 tensor.copy_(value.to(tensor.dtype))
 
 
-def build(name, seed=0):
+def build(name, seed=0, unet=None, latent=None):
     """(patcher, positive, negative, latent) for a family of FAMILIES: a ModelPatcher on the CPU around the
     family's ComfyUI model with seeded random weights, two different prompts in CONDITIONING format
-    ([[features, extras]]) and an empty latent {"samples": zeros} of the family's latent shape."""
+    ([[features, extras]]) and an empty latent {"samples": zeros} of the family's latent shape. `unet` and
+    `latent` override the spec's sizes (scripts/bench_families.py builds larger ones)."""
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
 
-    spec = SPECS[name]
+    spec = dict(SPECS[name])
+    spec["unet"] = {**spec["unet"], **(unet or {})}
+    spec["latent"] = latent or spec["latent"]
     config = getattr(comfy.supported_models, spec["config"])(_accepted(spec))
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({}, device=torch.device("cpu"))

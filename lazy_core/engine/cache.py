@@ -530,7 +530,7 @@ class RunState:
 
     def report(self):
         """The run's statistics, summarized (see report.summarize)."""
-        if self.block_macs:         # block level: both modules count lazy together, so half each
+        if self.block_macs or self.options.level == "block":    # both modules count lazy together: half each
             macs = [(self.block_macs.get(b, 0.0) / 2,) * 2 for b in range(len(self.blocks))]
         else:
             macs = module_macs(self.blocks, self.tokens)
