@@ -121,6 +121,41 @@ def measure(model, positive, negative, latent, images, cfg, seed, steps, on_prog
     return result["costs"]
 
 
+def check(model, gates, costs, positive, negative, latent, images, cfg, seed, on_progress=None):
+    """The schedule's predicted-PSNR check (calibrate.psnr_offsets): core's euler sampler over the measured
+    trajectories (the same latent, noise and sigmas) with the gates at each of CHECK_VALUES, through Apply
+    Lazy Gates' own patch, against the exact finals the measurement kept."""
+    from ..lazy_core.training.calibrate import CHECK_VALUES, psnr_offsets
+    from .lazy_nodes import apply_gates
+
+    bank = gates.model
+    steps = len(costs.timesteps)
+    ms = model.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(ms, SCHEDULER, steps).cpu()
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    samples = samples[:1].repeat(images, *([1] * (samples.dim() - 1)))
+    noise = comfy.sample.prepare_noise(samples, seed)
+    r = bank.info.recipe
+    options = CacheOptions(reuse=r.get("reuse", "extrapolate"), order=r.get("order", 1),
+                           max_lazy_steps=bank.longest_chain)
+    per = costs.model_calls / max(costs.calls, 1)              # model calls per guided evaluation
+    total, errors = round(len(CHECK_VALUES) * steps * per), []
+    for n, v in enumerate(CHECK_VALUES):
+        lazy, _ = apply_gates(model, gates, v, options)
+        guider = comfy.samplers.CFGGuider(lazy)
+        guider.set_conds(positive, negative)
+        guider.set_cfg(cfg)
+
+        def callback(step, x0, x, total_steps, n=n):
+            mm.throw_exception_if_processing_interrupted()
+            if on_progress is not None:
+                on_progress(round((n * steps + step + 1) * per), total)
+        z = guider.sample(noise, samples, comfy.samplers.sampler_object("euler"), sigmas, callback=callback,
+                          disable_pbar=True, seed=seed)
+        errors.append((z.float().cpu() - costs.final).pow(2).flatten(1).sum(1))
+    return psnr_offsets(bank, CHECK_VALUES, errors, list(costs.timesteps), costs.final[0].numel(), r["peak2"])
+
+
 def peak2(model, final):
     """The squared range the predicted PSNR counts against: the demo's pixel latent spans [-1, 1] (its
     decoded image's PSNR); any other latent, the range of the exact final latents."""

@@ -17,7 +17,7 @@ from ..lazy_core.models.diffusion import parse_step_counts
 from ..lazy_core.models.dit import DiT
 from ..lazy_core.models.dydit import DyDiT
 from ..lazy_core.models.labels import parse_labels
-from ..lazy_core.training.calibrate import THRESHOLDS, calibrate, calibration_calls
+from ..lazy_core.training.calibrate import CHECK_VALUES, THRESHOLDS, calibrate, calibration_calls, check_psnr
 from ..lazy_core.training.denoisers import ContextDenoiser, LabelDenoiser
 from ..lazy_core.training.sensitivity import CHAIN, HISTORY, ORDER, measure, measure_calls, schedule_bank
 from ..lazy_core.training.train_gates import LOSS_CALLS, parser, train, train_calls
@@ -38,6 +38,7 @@ SCHEDULE_CALIBRATION = (10, 20, 30, 50)
 FAMILY_CALIBRATION = (4, 8, 10, 20, 30, 50)   # few-step (distilled) runs too: the plan says what they allow
 # Guided evaluations, the same for every model depth: modules=False measures whole steps only.
 SCHEDULE_CALLS = measure_calls(SCHEDULE_STEPS, 1, CHAIN, modules=False, history=HISTORY)
+CHECK_CALLS = len(CHECK_VALUES) * SCHEDULE_STEPS      # the predicted PSNR, checked on the measured trajectories
 CALLS_PER_STEP = ("a guided evaluation is one model call for a DiT (cond and uncond batched) and one per "
                   "prompt plus one for the negative for PixArt")
 
@@ -181,8 +182,9 @@ def cost_text(calls, seconds, calibration, t0):
     return f"{calls} model calls in {seconds:.0f} s; calibrated {how}"
 
 
-def finish(gates, denoiser, counts, prefix, bar, schedule=None):
-    """Calibrates at `counts` (the bar's phase 1) on schedule(steps) -> timesteps (default DDIM's), saves to
+def finish(gates, denoiser, counts, prefix, bar, schedule=None, check=None):
+    """Calibrates at `counts` (the bar's phase 1) on schedule(steps) -> timesteps (default DDIM's), runs
+    check(gates) if given (a schedule's PSNR check, which needs the slider's table), saves to
     models/lazy_gates as prefix_NNNNN.safetensors; returns the path."""
     bar.phase(1)(0, calibration_calls(denoiser, gates, counts))
     with torch.no_grad():
@@ -190,6 +192,8 @@ def finish(gates, denoiser, counts, prefix, bar, schedule=None):
                                                       schedule=schedule)
     gates.__dict__.pop("measured", None)
     gates.info.recipe["calibration_per_steps"] = per_steps
+    if check is not None:
+        check(gates)
     return create_new(folder_paths.get_folder_paths("lazy_gates")[0], prefix, gates.to_bytes())
 
 
@@ -253,7 +257,8 @@ class SensitivitySchedule(io.ComfyNode):
                                                   filename_prefix))
         mm.load_models_gpu([model])
         denoiser = make_denoiser(model, labels, positive, negative, latent, dydit=True)
-        bar = CallBar(SCHEDULE_CALLS * denoiser.calls_per_step(images, cfg), 0)
+        per = denoiser.calls_per_step(images, cfg)
+        bar = CallBar(SCHEDULE_CALLS * per, 0, CHECK_CALLS * per)
         t0 = time.perf_counter()
         with interruptible(denoiser.model):
             costs = measure(denoiser, steps=SCHEDULE_STEPS, images=images, cfg_scale=cfg, seed=seed, order=ORDER,
@@ -263,10 +268,15 @@ class SensitivitySchedule(io.ComfyNode):
                                                            "measure_calls": costs.calls,
                                                            "model_calls": costs.model_calls})
             gates.info.recipe.update(measure_seconds=round(costs.seconds, 1), **predicting(model, costs))
-            path = finish(gates, denoiser, SCHEDULE_CALIBRATION, filename_prefix, bar)
+
+            def check(bank):
+                bank.info.recipe["psnr_check"], _ = check_psnr(denoiser, bank, costs, cfg, seed,
+                                                               on_progress=bar.phase(2))
+                bank.info.recipe["check_calls"] = bar.done[2]
+            path = finish(gates, denoiser, SCHEDULE_CALIBRATION, filename_prefix, bar, check=check)
         text = (f"saved {shown(path)}; measured {images} trajectories ({costs.calls} guided evaluations) in "
-                f"{cost_text(costs.model_calls, costs.seconds, bar.calls - costs.model_calls, t0)}; "
-                f"{calibration_text(gates)}; {predicted(gates, costs.timesteps)}")
+                f"{cost_text(costs.model_calls, costs.seconds, bar.done[1], t0)}; {calibration_text(gates)}; "
+                f"{predicted(gates, costs.timesteps)}, checked on them in {bar.done[2]} model calls")
         log.info(text)
         return io.NodeOutput(as_patcher(gates), text)
 
@@ -291,7 +301,7 @@ def family_schedule(model, positive, negative, latent, images, cfg, seed, prefix
                          f"negative prompt, latent = an empty latent of the size you sample at)")
     net = model.model.diffusion_model
     arch, depth, width = lazy_layout(net)
-    bar = CallBar(fs.evaluations(SCHEDULE_STEPS), 0)
+    bar = CallBar(fs.evaluations(SCHEDULE_STEPS), 0, CHECK_CALLS)
     t0 = time.perf_counter()
     costs = fs.measure(model, positive, negative, latent, images, cfg, seed, SCHEDULE_STEPS, bar.phase(0))
     gates = schedule_bank(None, costs, layout=(arch, depth, width, 0),
@@ -300,7 +310,11 @@ def family_schedule(model, positive, negative, latent, images, cfg, seed, prefix
                                   "model_calls": costs.model_calls, "measure_seconds": round(costs.seconds, 1),
                                   **predicting(model, costs)})
     gates.info.source_model = fs.fingerprint(net)
-    path = finish(gates, None, FAMILY_CALIBRATION, prefix, bar, functools.partial(fs.timesteps_for, model))
+    def check(bank):
+        bank.info.recipe["psnr_check"] = fs.check(model, as_patcher(bank), costs, positive, negative, latent,
+                                                  images, cfg, seed, bar.phase(2))
+        bank.info.recipe["check_calls"] = bar.done[2]
+    path = finish(gates, None, FAMILY_CALIBRATION, prefix, bar, functools.partial(fs.timesteps_for, model), check)
     few = [n for n, rows in gates.info.recipe["calibration_per_steps"].items() if rows[-1][1] == 0]
     note = (f"; at {', '.join(map(str, few))} steps the plan makes nothing lazy: each step of so short a run (a "
             f"distilled few-step model's) moves the image more than any measured chain, so laziness there would "
@@ -308,7 +322,7 @@ def family_schedule(model, positive, negative, latent, images, cfg, seed, prefix
     text = (f"saved {shown(path)}; {arch}, {depth} blocks; measured {images} trajectories of "
             f"{SCHEDULE_STEPS} euler steps ({costs.calls} guided evaluations) in "
             f"{cost_text(costs.model_calls, costs.seconds, 0, t0)}; {calibration_text(gates, SCHEDULE_STEPS)}; "
-            f"{predicted(gates, costs.timesteps)}{note}")
+            f"{predicted(gates, costs.timesteps)}, checked on them in {bar.done[2]} model calls{note}")
     log.info(text)
     return as_patcher(gates), text
 

@@ -192,7 +192,8 @@ class LazinessSweep(io.ComfyNode):
             check_no_core_cache(model)                  # else the exact column would run first
         if gates is not None:
             gates.model.check_fits(*lazy_layout(net, gates.model), name="gates")
-            options = CacheOptions(reuse="extrapolate")
+            # As Apply Lazy Gates' defaults: chains as long as the gates measured, so 1 is as lazy as they allow.
+            options = CacheOptions(reuse="extrapolate", max_lazy_steps=gates.model.longest_chain)
             runs = [apply_gates(exact_model, gates, v, options, start_percent, end_percent)[0] for v in values[1:]]
             names = ["exact", *value_labels(values[1:])]
         elif patch is not None:
@@ -237,7 +238,7 @@ class LazinessSweep(io.ComfyNode):
         if len(images[0].shape) == 5:                                              # video VAEs: first frame
             images = [im[:, 0] for im in images]
         ref = images[0]
-        expected = predictions(exact_model, gates, values, exact, steps, scheduler)
+        expected = predictions(exact_model, gates, values, exact, steps, scheduler)      # at the same chains
         labels, lines = [], []
         for name, image, (_, seconds, share), guess in zip(names, images, columns, expected):
             scores = [psnr_of(float((image[b].double() - ref[b].double()).square().mean())) for b in range(len(image))]

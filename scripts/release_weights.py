@@ -63,7 +63,9 @@ def main():
         "dit_demo_fashion_schedule.safetensors": gates_entry(
             "training-free sensitivity schedule for the demo model (timestep-only decisions)",
             "python -m lazy_core.training.sensitivity --model weights/dit_demo_fashion.safetensors "
-            "--out weights/dit_demo_fashion_schedule.safetensors"),
+            "--out weights/dit_demo_fashion_schedule.safetensors && python -m lazy_core.training.calibrate "
+            "--model weights/dit_demo_fashion.safetensors --gates weights/dit_demo_fashion_schedule.safetensors "
+            "--check"),
         "dit_demo_fashion_gates_local.safetensors": gates_entry(
             "LazyDiT gates for the demo model trained with the paper's local recipe (for comparison)",
             "python -m lazy_core.training.train_gates --model weights/dit_demo_fashion.safetensors --out "

@@ -215,14 +215,17 @@ def test_schedule_node_progress_covers_every_model_call(comfy, small_ckpt, count
     """The Sensitivity Schedule's progress bar counts every model call it makes (measuring; the calibration
     follows from the plan and makes none), its total is the calls made from its first update on, it ends
     at 100 %, and the node's text and recipe say the count."""
-    from lazydit.nodes.train_node import SCHEDULE_CALLS, SensitivitySchedule
+    from lazydit.nodes.train_node import CHECK_CALLS, SCHEDULE_CALLS, SensitivitySchedule
 
     model = load(comfy, "dit_small.safetensors")
     (gates, info), calls, updates = counted(model, lambda: SensitivitySchedule.execute(model, "1", 2, 4.0, 0,
                                                                                        "dit_count").args)
-    assert calls == SCHEDULE_CALLS == gates.model.info.recipe["measure_calls"]    # a DiT: one call per step
+    recipe = gates.model.info.recipe
+    assert calls - CHECK_CALLS == SCHEDULE_CALLS == recipe["measure_calls"]    # a DiT: one call per step
+    assert recipe["check_calls"] == CHECK_CALLS and len(recipe["psnr_check"]) == 4
     assert updates[-1] == (calls, calls) and all(t == calls for _, t in updates)
     assert f"in {SCHEDULE_CALLS} model calls" in info and "calibrated from the plan, no model calls" in info
+    assert f"checked on them in {CHECK_CALLS} model calls" in info and "predicted PSNR at 20 steps" in info
 
 
 @pytest.mark.parametrize("objective", ["sensitivity", "local (paper)"])

@@ -64,15 +64,17 @@ def test_schedule_on_pixart_sigma_costs_what_it_measures(sigma_files, counted):
     progress bar's total is those calls from the first update on and it ends at 100 %, and the text says
     the count and the seconds."""
     from lazydit.nodes.lazy_nodes import ApplyLazyGates
-    from lazydit.nodes.train_node import SCHEDULE_CALLS, SensitivitySchedule
+    from lazydit.nodes.train_node import CHECK_CALLS, SCHEDULE_CALLS, SensitivitySchedule
 
     model = load(sigma_files[0])
     (gates, info), calls, updates = counted(model, lambda: SensitivitySchedule.execute(
         model, "all", 2, 4.0, 0, "sigma", conditioning(1), conditioning(2), LATENT).args)
     recipe = gates.model.info.recipe
-    assert calls == recipe["model_calls"] == 2 * recipe["measure_calls"] == 2 * SCHEDULE_CALLS
+    assert calls - recipe["check_calls"] == recipe["model_calls"] == 2 * recipe["measure_calls"] == 2 * SCHEDULE_CALLS
+    assert recipe["check_calls"] == 2 * CHECK_CALLS                   # the prompt's call and the negative's
     assert updates[0] == (0, calls) and updates[-1] == (calls, calls) and all(t == calls for _, t in updates)
-    assert f"in {calls} model calls" in info and "calibrated from the plan, no model calls" in info
+    assert f"in {recipe['model_calls']} model calls" in info and "calibrated from the plan, no model calls" in info
+    assert f"checked on them in {recipe['check_calls']} model calls" in info
     bank = gates.model
     assert (bank.info.architecture, bank.info.depth, bank.info.width) == ("pixart", 2, 1152)
     _, expected = ApplyLazyGates.execute(model, gates, 1.0, 4, "auto", "auto").args

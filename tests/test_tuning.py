@@ -245,10 +245,10 @@ def test_interrupt_stops_the_node_within_a_model_call(demo, node):
 
 def test_sweep_shows_the_schedule_predicted_psnr_within_2_db_at_30_and_50_percent(demo):
     """The Sensitivity Schedule's predicted PSNR (its measured chain costs, summed over the chains its plan
-    makes: the images' mean log error) against the mean PSNR the Sweep measures, on the shipped demo
-    schedule at 20 steps: 80 images (five seeds of 16; one seed's mean varies by about 1.5 dB), of
-    trajectories the schedule was not measured on. Measured: the prediction is 0.6 dB low at 30 % and
-    1.7 dB low at 50 % (it adds the chains' errors as if they were independent)."""
+    makes, corrected by its check on its own trajectories: the images' mean log error) against the mean
+    PSNR the Sweep measures, on the shipped demo schedule at 20 steps: 80 images (five seeds of 16; one
+    seed's mean varies by about 1.5 dB), of trajectories the schedule was not measured on. Measured: the
+    prediction is 0.4 dB low at 30 % and 1.7 dB low at 50 %."""
     import re
 
     from lazydit.nodes.labels import ClassLabel

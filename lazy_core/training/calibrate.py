@@ -10,7 +10,8 @@ thresholds x sum(step counts) guided evaluations (64 x 80 = 5120 for a chain fil
 
     python -m lazy_core.training.calibrate --model weights/dit_demo_fashion.safetensors \
         --gates my_gates.safetensors
-re-measures a gate file's table in place (for instance at the step counts you use) and logs its calls and time.
+re-measures a gate file's table in place (for instance at the step counts you use) and logs its calls and time;
+with --check it adds a schedule's predicted-PSNR check instead (check_schedule).
 """
 
 import argparse
@@ -67,6 +68,48 @@ def calibrate(model, gates, step_counts=(10, 20, 50), thresholds=THRESHOLDS, row
     table = [[thr, round(sum(per_steps[n][i][1] for n in step_counts) / len(step_counts), 4)]
              for i, thr in enumerate(thresholds)]
     return table, per_steps
+
+
+CHECK_VALUES = (0.25, 0.5, 0.75, 1.0)      # laziness values a schedule's predicted PSNR is checked at
+
+
+def psnr_offsets(gates, values, errors, timesteps, numel, peak2):
+    """[[laziness, dB]]: the PSNR of measured final errors (per value: (images,) squared errors; their mean
+    log, as the prediction's) minus the summed-cost PSNR at each value. Values with nothing lazy are left out."""
+    from ..engine.policies import summed_psnr
+    rows = []
+    for v, err in zip(values, errors):
+        share, summed = summed_psnr(gates, timesteps, v, numel, peak2, gates.longest_chain)
+        if share == 0 or not math.isfinite(summed):
+            continue
+        measured = 10 * math.log10(peak2 * numel) - 10 * float(err.clamp_min(1e-30).log10().mean())
+        rows.append([v, round(measured - summed, 3)])
+    return rows
+
+
+@torch.no_grad()
+def check_psnr(model, gates, costs, cfg_scale, seed, values=CHECK_VALUES, on_progress=None):
+    """Samples the schedule's own measured trajectories (the same conditions and noise as measure drew) with
+    the gates at each laziness of `values`, DDIM at the measured step count, and returns (offsets,
+    numel): psnr_offsets against the exact finals measure kept. Model calls: len(values) x steps x the
+    denoiser's calls per step; on_progress(done, total) reports each."""
+    den = as_denoiser(model)
+    steps, images = len(costs.timesteps), costs.final.shape[0]
+    forward = Counted(den.forward, len(values) * steps * den.calls_per_step(images, cfg_scale), on_progress)
+    g = torch.Generator().manual_seed(seed)
+    cond = den.draw(images, g)
+    noise = torch.randn(images, *den.latent, generator=g).to(den.device)
+    recipe = gates.info.recipe
+    options = CacheOptions(reuse=recipe.get("reuse", "extrapolate"), order=recipe.get("order", 1),
+                           max_lazy_steps=gates.longest_chain)
+    diffusion, errors = GaussianDiffusion(), []
+    for v in values:
+        with LazyRun(den.model, LearnedGates(gates, gates.threshold_for(v, steps), v), options, forward=forward,
+                     streams=den.run_streams(cfg_scale), timesteps=space_timesteps(steps)[::-1]) as run:
+            z = diffusion.ddim_loop(den.eps_fn(run, cond, cfg_scale), noise, steps)
+        errors.append((z.float().cpu() - costs.final).pow(2).flatten(1).sum(1))
+    numel = costs.final[0].numel()
+    return psnr_offsets(gates, values, errors, list(costs.timesteps), numel, recipe["peak2"]), numel
 
 
 def from_plan(gates):
@@ -157,6 +200,13 @@ def main(args):
     gates.check_fits("dit", model.config.depth, model.config.hidden_size, name=args.gates)
     counts = parse_step_counts(args.step_counts)
     t0 = time.perf_counter()
+    if args.check:
+        check_schedule(model, gates)
+        log.info("checked the predicted PSNR on the measured trajectories in %.0f s: %s", time.perf_counter() - t0,
+                 gates.info.recipe["psnr_check"])
+        gates.save(args.out or args.gates)
+        log.info("wrote %s", args.out or args.gates)
+        return
     gates.info.calibration, per_steps = calibrate(model, gates, step_counts=counts)
     log.info("calibrated in %d model calls, %.0f s (%s)", calibration_calls(model, gates, counts),
              time.perf_counter() - t0, "from the plan" if from_plan(gates) else "sampled")
@@ -170,6 +220,20 @@ def main(args):
     log.info("wrote %s", args.out or args.gates)
 
 
+def check_schedule(model, gates):
+    """Adds a schedule's predicted-PSNR check to its recipe: its measured trajectories' exact pass again
+    (the recipe's images, seed, guidance and steps), then check_psnr. The demo's pixel latent spans [-1, 1]."""
+    from .denoisers import LabelDenoiser
+    from .sensitivity import measure
+    r = gates.info.recipe
+    cfg, seed = r.get("cfg_scale", 4.0), r.get("seed", 1000)
+    costs = measure(LabelDenoiser(model), steps=r.get("measure_steps", 20), images=r.get("images", 16),
+                    cfg_scale=cfg, seed=seed, chain=0, modules=False)
+    r.setdefault("peak2", 4.0)
+    r["latent_numel"] = costs.final[0].numel()
+    r["psnr_check"], _ = check_psnr(model, gates, costs, cfg, seed)
+
+
 def parser():
     p = argparse.ArgumentParser(prog="python -m lazy_core.training.calibrate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -177,6 +241,8 @@ def parser():
     p.add_argument("--gates", required=True, help="gate file; rewritten in place unless --out is given")
     p.add_argument("--out", default=None)
     p.add_argument("--step-counts", default="10,20,50")
+    p.add_argument("--check", action="store_true", help="instead: add a schedule's predicted-PSNR check (the demo "
+                                                        "model's pixel latent)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto", help="auto: a GPU if there is one, else cpu")
     return p
