@@ -54,6 +54,23 @@ def measuring_model(model, family, holder):
     return m
 
 
+def trajectories(model, latent, images, seed, steps):
+    """(sigmas, latent batch, noise) of the measured trajectories: the latent's first image `images` times,
+    one noise per trajectory from `seed`, on `steps` sigmas of SCHEDULER."""
+    ms = model.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(ms, SCHEDULER, steps).cpu()
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    samples = samples[:1].repeat(images, *([1] * (samples.dim() - 1)))
+    return sigmas, samples, comfy.sample.prepare_noise(samples, seed)
+
+
+def guider(model, positive, negative, cfg):
+    g = comfy.samplers.CFGGuider(model)
+    g.set_conds(positive, negative)
+    g.set_cfg(cfg)
+    return g
+
+
 def evaluations(steps):
     return measure_calls(steps, 1, CHAIN, modules=False, history="periodic")
 
@@ -65,12 +82,8 @@ def measure(model, positive, negative, latent, images, cfg, seed, steps, on_prog
     net = model.model.diffusion_model
     family = family_of(net)
     _, depth, _ = layout(net, family)
-    ms = model.get_model_object("model_sampling")
-    sigmas = comfy.samplers.calculate_sigmas(ms, SCHEDULER, steps).cpu()
-    timesteps = lazy_hook.schedule_times(ms, sigmas, family)
-    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-    samples = samples[:1].repeat(images, *([1] * (samples.dim() - 1)))
-    noise = comfy.sample.prepare_noise(samples, seed)
+    sigmas, samples, noise = trajectories(model, latent, images, seed, steps)
+    timesteps = lazy_hook.schedule_times(model.get_model_object("model_sampling"), sigmas, family)
     holder = chains.Holder()
     span = chains.window(CHAIN, history("extrapolate", ORDER))
     device = accelerator()
@@ -114,10 +127,8 @@ def measure(model, positive, negative, latent, images, cfg, seed, steps, on_prog
                                                 on_progress=progress)
         return x
 
-    guider = comfy.samplers.CFGGuider(measuring_model(model, family, holder))
-    guider.set_conds(positive, negative)
-    guider.set_cfg(cfg)
-    guider.sample(noise, samples, comfy.samplers.KSAMPLER(sampler_function), sigmas, seed=seed, disable_pbar=True)
+    guider(measuring_model(model, family, holder), positive, negative, cfg).sample(
+        noise, samples, comfy.samplers.KSAMPLER(sampler_function), sigmas, seed=seed, disable_pbar=True)
     return result["costs"]
 
 
@@ -130,11 +141,7 @@ def check(model, gates, costs, positive, negative, latent, images, cfg, seed, on
 
     bank = gates.model
     steps = len(costs.timesteps)
-    ms = model.get_model_object("model_sampling")
-    sigmas = comfy.samplers.calculate_sigmas(ms, SCHEDULER, steps).cpu()
-    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-    samples = samples[:1].repeat(images, *([1] * (samples.dim() - 1)))
-    noise = comfy.sample.prepare_noise(samples, seed)
+    sigmas, samples, noise = trajectories(model, latent, images, seed, steps)
     r = bank.info.recipe
     options = CacheOptions(reuse=r.get("reuse", "extrapolate"), order=r.get("order", 1),
                            max_lazy_steps=bank.longest_chain)
@@ -142,16 +149,13 @@ def check(model, gates, costs, positive, negative, latent, images, cfg, seed, on
     total, errors = round(len(CHECK_VALUES) * steps * per), []
     for n, v in enumerate(CHECK_VALUES):
         lazy, _ = apply_gates(model, gates, v, options)
-        guider = comfy.samplers.CFGGuider(lazy)
-        guider.set_conds(positive, negative)
-        guider.set_cfg(cfg)
 
         def callback(step, x0, x, total_steps, n=n):
             mm.throw_exception_if_processing_interrupted()
             if on_progress is not None:
                 on_progress(round((n * steps + step + 1) * per), total)
-        z = guider.sample(noise, samples, comfy.samplers.sampler_object("euler"), sigmas, callback=callback,
-                          disable_pbar=True, seed=seed)
+        z = guider(lazy, positive, negative, cfg).sample(noise, samples, comfy.samplers.sampler_object("euler"),
+                                                         sigmas, callback=callback, disable_pbar=True, seed=seed)
         errors.append((z.float().cpu() - costs.final).pow(2).flatten(1).sum(1))
     return psnr_offsets(bank, CHECK_VALUES, errors, list(costs.timesteps), costs.final[0].numel(), r["peak2"])
 
