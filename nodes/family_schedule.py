@@ -17,7 +17,7 @@ import torch
 from ..lazy_core.engine.cache import CacheOptions
 from ..lazy_core.engine.forecast import history
 from ..lazy_core.training import chains
-from ..lazy_core.training.sensitivity import CHAIN, ORDER, measure_calls
+from ..lazy_core.training.sensitivity import CHAIN, ORDER
 from . import lazy_hook
 from .families import family_of, layout, patch_blocks
 
@@ -48,6 +48,7 @@ def measuring_model(model, family, holder):
     m = lazy_hook.uninstall(model).clone()
     session = lazy_hook.LazySession(None, CacheOptions(level="block"), "sensitivity schedule")
     session.family, session.state = family, holder
+    session.scale = lazy_hook.time_scale(model.get_model_object("model_sampling"), family)
     patch_blocks(m, session, family)
     m.add_wrapper_with_key(lazy_hook.WRAPPERS.APPLY_MODEL, lazy_hook.KEY,
                            functools.partial(lazy_hook.apply_model, session))
@@ -69,10 +70,6 @@ def guider(model, positive, negative, cfg):
     g.set_conds(positive, negative)
     g.set_cfg(cfg)
     return g
-
-
-def evaluations(steps):
-    return measure_calls(steps, 1, CHAIN, modules=False, history="periodic")
 
 
 def measure(model, positive, negative, latent, images, cfg, seed, steps, on_progress=None):

@@ -91,6 +91,7 @@ class LazySession:
         self.state = None
         self.report = None
         self.family = None              # a block-replacement family (families.Family): block level
+        self.scale = 1.0                # its timesteps to plan timesteps (time_scale), set once per run
 
     def __deepcopy__(self, memo):
         return self
@@ -129,6 +130,8 @@ def outer_sample(session, executor, *args, **kwargs):
     patcher = getattr(getattr(executor, "class_obj", None), "model_patcher", None)
     if patcher is not None:
         check_no_core_cache(patcher)
+    if patcher is not None:
+        session.scale = time_scale(patcher.get_model_object("model_sampling"), session.family)
     timesteps = run_timesteps(session, executor, args, kwargs)
     state = RunState(session.make_policy(), session.options, timesteps)
     notice = few_steps_notice(state.policy, timesteps)
@@ -168,8 +171,8 @@ def apply_model(session, executor, x, t, c_concat=None, c_crossattn=None, contro
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
     base_model = executor.class_obj
     timestep = base_model.model_sampling.timestep(t[:1]).float()      # rows share one sigma; stays on the device
-    if session.family is not None:
-        timestep = timestep * time_scale(base_model.model_sampling, session.family)
+    if session.scale != 1.0:
+        timestep = timestep * session.scale
     labels = [STREAM_LABELS.get(c, f"cond {c}") for c in options.get("cond_or_uncond", [])] or ["batch"] * len(uuids)
     state.begin_call(uuids, labels, x.shape[0] // len(uuids), x, timestep)
     if session.family is not None:            # the block patches read the call; nothing to swap in

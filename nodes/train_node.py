@@ -301,7 +301,7 @@ def family_schedule(model, positive, negative, latent, images, cfg, seed, prefix
                          f"negative prompt, latent = an empty latent of the size you sample at)")
     net = model.model.diffusion_model
     arch, depth, width = lazy_layout(net)
-    bar = CallBar(fs.evaluations(SCHEDULE_STEPS), 0, CHECK_CALLS)
+    bar = CallBar(SCHEDULE_CALLS, 0, CHECK_CALLS)
     t0 = time.perf_counter()
     costs = fs.measure(model, positive, negative, latent, images, cfg, seed, SCHEDULE_STEPS, bar.phase(0))
     gates = schedule_bank(None, costs, layout=(arch, depth, width, 0),

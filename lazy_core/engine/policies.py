@@ -9,6 +9,7 @@ a row) and does the caching.
 
 import math
 
+import numpy as np
 import torch
 
 from .gates import GateBank
@@ -193,17 +194,8 @@ def predicted_psnr(gates, timesteps, laziness, numel, peak2, max_run=4):
         return None
     share, psnr = summed_psnr(gates, timesteps, laziness, numel, peak2, max_run)
     check = sorted(gates.info.recipe.get("psnr_check") or [])
-    if check and math.isfinite(psnr):
-        xs, ys = [c[0] for c in check], [c[1] for c in check]
-        if laziness <= xs[0]:
-            offset = ys[0] * (laziness / xs[0] if xs[0] > 0 else 1.0)       # no correction where nothing is lazy
-        elif laziness >= xs[-1]:
-            offset = ys[-1]
-        else:
-            j = next(j for j in range(1, len(xs)) if laziness <= xs[j])
-            w = (laziness - xs[j - 1]) / (xs[j] - xs[j - 1])
-            offset = ys[j - 1] + w * (ys[j] - ys[j - 1])
-        psnr += offset
+    if check and math.isfinite(psnr):            # laziness 0 needs no correction: nothing is lazy
+        psnr += float(np.interp(laziness, [0.0] + [c[0] for c in check], [0.0] + [c[1] for c in check]))
     return share, psnr
 
 

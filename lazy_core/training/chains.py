@@ -52,11 +52,9 @@ class Calls:
         self.w = w                      # (1, K) forecast weights of those steps
         self.outputs = {}
         self.rows = 0
-        self.calls = 0
 
     def open(self, uuids, per):
         self.uuids, self.per, self.rows = uuids, per, len(uuids) * per
-        self.calls += 1
 
     def run_block(self, block, inputs, fn, module=None):
         keys = [(u, block) for u in self.uuids]
@@ -131,20 +129,16 @@ def measure_blocks(holder, evaluate, step, timesteps, x, depth, chain=CHAIN, reu
         rec = Calls(record=True, store=store)
         pred = run(rec, x, k)
         outputs[k] = rec.outputs
-        for n in range(1, min(chain, steps - k) + 1):
-            if k == 0:
-                break
+        for n in range(1, min(chain, steps - k) + 1) if k else ():       # step 0 always computes
             xx = x
             for j in range(k, k + n):
                 p = run(lazy(outputs, k, j, n), xx, j)
                 if j == k and n == 1:
-                    d = norm2(p - pred)
+                    gain[k] = norm2(p - pred)                # |Δpred|^2 for now; the gain below
                 xx = step(xx, j, p)
             for j in range(k + n, steps):
                 xx = step(xx, j, run(Calls(), xx, j))
             finals[k, n] = xx.float().cpu()
-            if n == 1:
-                gain[k] = d
         for j in [j for j in outputs if j <= k - span]:
             del outputs[j]
         if on_step is not None:
