@@ -133,7 +133,7 @@ def outer_sample(session, executor, *args, **kwargs):
     if patcher is not None:
         session.scale = time_scale(patcher.get_model_object("model_sampling"), session.family)
     timesteps = run_timesteps(session, executor, args, kwargs)
-    state = RunState(session.make_policy(), session.options, timesteps)
+    state = RunState(session.make_policy(), session.options, timesteps, euler_sigmas(args, kwargs, timesteps))
     notice = few_steps_notice(state.policy, timesteps)
     if notice:
         log.warning("LazyDiT: %s", notice)
@@ -147,6 +147,30 @@ def outer_sample(session, executor, *args, **kwargs):
             session.report = state.report()
             session.report["title"] = session.title
             log.info("%s", session.report["text"].splitlines()[0])
+
+
+FIRST_ORDER = ("sample_euler",)       # KSampler's euler and ddim: one call per step, x += d * (sigma_next - sigma)
+
+
+def euler_sigmas(args, kwargs, timesteps):
+    """The run's sigmas (host floats) when its sampler is Euler (KSampler's euler and ddim), for the trajectory
+    correction (correct.py); None for every other sampler, whose steps use d otherwise."""
+    sampler = kwargs.get("sampler", args[2] if len(args) > 2 else None)
+    sigmas = kwargs.get("sigmas", args[3] if len(args) > 3 else None)
+    name = getattr(getattr(sampler, "sampler_function", None), "__name__", "")
+    if name not in FIRST_ORDER or not isinstance(sigmas, torch.Tensor) or timesteps is None:
+        return None
+    values = sigmas.float().cpu().tolist()
+    return values if len(values) == len(timesteps) + 1 else None
+
+
+def corrected(state, x, t, denoised):
+    """denoised after the run's trajectory correction: d = (x - denoised) / sigma corrected (RunState.correct)."""
+    if state.correction is None:
+        return denoised
+    sigma = t.reshape(-1, *([1] * (x.dim() - 1))).to(denoised.dtype)
+    fixed = state.correct((x.to(denoised.dtype) - denoised) / sigma)
+    return denoised if fixed is None else x.to(denoised.dtype) - fixed * sigma
 
 
 def few_steps_notice(policy, timesteps):
@@ -178,12 +202,13 @@ def apply_model(session, executor, x, t, c_concat=None, c_crossattn=None, contro
     if session.family is not None:            # the block patches read the call; nothing to swap in
         state.blocks = [blk for _, _, blk in session.family.blocks(base_model.diffusion_model)]
         try:
-            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+            return corrected(state, x, t, executor(x, t, c_concat, c_crossattn, control, transformer_options,
+                                                   **kwargs))
         finally:
             state.end_call()
     handle = state.attach(base_model.diffusion_model)
     try:
-        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        return corrected(state, x, t, executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs))
     finally:
         handle.detach()
         state.end_call()
@@ -266,7 +291,12 @@ def install(model, session, gates=None):
     unpatch_blocks(m)
     if family is not None:
         session.family = family
-        session.options = dataclasses.replace(session.options, level="block")
+        if session.options.reuse == "learned":
+            raise UnsupportedModelError(f"reuse 'learned' is fitted per attention and MLP module of DiT and PixArt, "
+                                        f"and a {family.name} model is lazy a whole block at a time: choose reuse "
+                                        f"'extrapolate'")
+        # The correction was measured on DiT's module-level path only; block families keep their steps as they are.
+        session.options = dataclasses.replace(session.options, level="block", correct=False)
         patch_blocks(m, session, family)
     for kind in (WRAPPERS.OUTER_SAMPLE, WRAPPERS.APPLY_MODEL):
         m.remove_wrappers_with_key(kind, KEY)

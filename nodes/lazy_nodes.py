@@ -10,7 +10,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..lazy_core.engine.cache import REUSE, CacheOptions
+from ..lazy_core.engine.cache import GATE_REUSE, CacheOptions
 from ..lazy_core.engine.gates import GateBank
 from ..lazy_core.engine.policies import LearnedGates, NeverLazy
 from ..lazy_core.models.dydit import DyDiT, summarize
@@ -163,11 +163,12 @@ class ApplyLazyGates(io.ComfyNode):
                 Combo("cache_dtype", CACHE_DTYPES, default="auto",
                       tooltip="Precision of kept outputs: auto = as computed; float16/bfloat16 halve "
                               "the memory of a float32 model."),
-                Combo("reuse", REUSE, default="extrapolate", optional=True,
+                Combo("reuse", GATE_REUSE, default="extrapolate", optional=True,
                       tooltip="How a lazy module stands in for its output: extrapolate = continue the "
                               "line through its last two outputs to this step (much closer to the "
                               "exact image, twice the cache memory); repeat = its last output, as "
-                              "in the LazyDiT paper."),
+                              "in the LazyDiT paper; learned = the forecaster fitted into the gate "
+                              "file (three outputs kept; on the demo 1-2.5 dB below the line)."),
                 *range_inputs(),
             ],
             outputs=[io.Model.Output(display_name="model"),
@@ -181,8 +182,16 @@ class ApplyLazyGates(io.ComfyNode):
         check_inputs(cls, laziness=laziness, max_lazy_steps=max_lazy_steps, cache_device=cache_device,
                      cache_dtype=cache_dtype, reuse=reuse, start_percent=start_percent, end_percent=end_percent)
         check_range(start_percent, end_percent)
+        coefficients = None
+        if reuse == "learned":
+            coefficients = gates.model.forecast
+            if coefficients is None:
+                raise ValueError("reuse 'learned' needs gates with a fitted forecaster, and these gates have none: "
+                                 "fit one into the file with `python -m lazy_core.training.forecaster --model "
+                                 "<model> --gates <gate file>`, or choose reuse 'extrapolate'")
         options = CacheOptions(max_lazy_steps=max_lazy_steps, dtype=CACHE_DTYPES[cache_dtype],
-                               device=None if cache_device == "auto" else torch.device(cache_device), reuse=reuse)
+                               device=None if cache_device == "auto" else torch.device(cache_device), reuse=reuse,
+                               correct=True, coefficients=coefficients)
         return io.NodeOutput(*apply_gates(model, gates, laziness, options, start_percent, end_percent))
 
 

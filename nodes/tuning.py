@@ -193,7 +193,7 @@ class LazinessSweep(io.ComfyNode):
         if gates is not None:
             gates.model.check_fits(*lazy_layout(net, gates.model), name="gates")
             # As Apply Lazy Gates' defaults: chains as long as the gates measured, so 1 is as lazy as they allow.
-            options = CacheOptions(reuse="extrapolate", max_lazy_steps=gates.model.longest_chain)
+            options = CacheOptions(reuse="extrapolate", max_lazy_steps=gates.model.longest_chain, correct=True)
             runs = [apply_gates(exact_model, gates, v, options, start_percent, end_percent)[0] for v in values[1:]]
             names = ["exact", *value_labels(values[1:])]
         elif patch is not None:

@@ -13,6 +13,7 @@ share of the exact run's. With --dydit also the DyDiT demo model (fine-tuned fro
 """
 
 import argparse
+import dataclasses
 import math
 import os
 import time
@@ -69,6 +70,14 @@ def main(args):
         options = CacheOptions(reuse="extrapolate", max_lazy_steps=longest)
         return lambda m: install(m, LazySession(lambda: RandomLazy(p, seed=1, longest=longest), options, "random"))
 
+    def corrected(make):
+        def made(m):
+            patched = make(m)
+            session = session_of(patched)
+            session.options = dataclasses.replace(session.options, correct=True)
+            return patched
+        return made
+
     methods = {"exact": (lambda m: m, args.steps)}
     for target in args.targets:
         interval = max(2, round(1 / (1 - target)))
@@ -86,6 +95,11 @@ def main(args):
         for order in (1, 2):
             methods[f"TaylorSeer N={interval} O={order}"] = (
                 lambda m, n=interval, o=order: TaylorSeerNode.execute(m, n, o).args[0], args.steps)
+        # The same baselines with the trajectory correction Apply Lazy Gates runs with, to show what it adds.
+        methods[f"FORA interval {interval}, extrapolated + correction"] = (
+            corrected(lambda m, n=interval: ForaNode.execute(m, n, "extrapolate").args[0]), args.steps)
+        methods[f"TaylorSeer N={interval} O=2 + correction"] = (
+            corrected(lambda m, n=interval: TaylorSeerNode.execute(m, n, 2).args[0]), args.steps)
     methods["Δ-DiT 3/6 blocks, N=2"] = (lambda m: DeltaDiTNode.execute(m, 0.5, 0.5, 2).args[0], args.steps)
     # Several reuse thresholds, so a row near LazyDiT's measured speed-up can be read off.
     for threshold in args.easycache:

@@ -192,3 +192,57 @@ def test_periodic_history_forecasts_from_the_steps_a_chain_plan_computes(model, 
     assert not torch.allclose(periodic.chain[4:STEPS - 1, 0], exact.chain[4:STEPS - 1, 0], rtol=1e-3)
     with pytest.raises(ValueError, match="unknown history 'x'"):
         S.measure(model, steps=STEPS, images=1, chain=1, modules=False, history="x")
+
+
+def test_learned_forecaster_recovers_planted_coefficients():
+    """Outputs made by o1 + a (line - o1) + b (quad - line) with known (a, b) per position, plus noise: the
+    least-squares fit gives (a, b) back; a position with no samples keeps the line."""
+    from lazydit.lazy_core.training.forecaster import accumulate, solve
+
+    g = torch.Generator().manual_seed(0)
+    planted = torch.tensor([[0.7, 0.4], [1.2, -0.3], [0.2, 0.9]])
+    gram = torch.zeros(4, 2, 2, dtype=torch.float64)
+    rhs = torch.zeros(4, 2, dtype=torch.float64)
+    for p, (a, b) in enumerate(planted.tolist()):
+        for _ in range(5):
+            o1, o2, o3 = (torch.randn(3, 6, 8, generator=g) for _ in range(3))
+            times = torch.tensor([[500.0, 650.0, 800.0]]).expand(3, 3)
+            now = torch.tensor(500.0 - 50.0 * (p + 1))
+            w = forecast.learned(torch.tensor([[a, b]]).expand(3, 2), times, now)
+            target = forecast.combine(o1, [o2, o3], w) + 1e-3 * torch.randn(3, 6, 8, generator=g)
+            accumulate(gram[p], rhs[p], o1, o2, o3, times, now, target)
+    coef = solve(gram, rhs)
+    assert torch.allclose(coef[:3].float(), planted, atol=2e-3), coef
+    assert coef[3].tolist() == [1.0, 0.0]
+
+
+def test_learned_forecaster_spans_repeat_and_the_line_in_the_engine(model, tmp_path):
+    """(a, b) = (1, 0) at every position is the line, (0, 0) repeats; fitted coefficients run, differ and
+    survive the gate file; a learned forecaster without coefficients is refused."""
+    from lazydit.lazy_core.engine.gates import GateBank, GateInfo
+    from lazydit.lazy_core.training.forecaster import fit
+
+    den = LabelDenoiser(model)
+    g = torch.Generator().manual_seed(2)
+    cond, noise = den.draw(2, g), torch.randn(2, *den.latent, generator=g)
+    depth = len(model.blocks)
+
+    def run(options):
+        with LazyRun(model, Fora(3), options, streams=("positive", "negative")) as lazy:
+            return GaussianDiffusion().ddim_sample(lazy, noise, cond, 9, CFG, null_label=10)
+    line = run(CacheOptions(reuse="extrapolate", max_lazy_steps=2))
+    repeat = run(CacheOptions(reuse="repeat", max_lazy_steps=2))
+    ones = torch.tensor([1.0, 0.0]).expand(depth, 2, 3, 2)
+    assert torch.allclose(run(CacheOptions(reuse="learned", coefficients=ones, max_lazy_steps=2)), line, atol=1e-5)
+    assert torch.allclose(run(CacheOptions(reuse="learned", coefficients=torch.zeros(depth, 2, 3, 2),
+                                           max_lazy_steps=2)), repeat, atol=1e-5)
+    coef = fit(model, steps=9, images=2, cfg_scale=CFG, longest=3)
+    assert coef.shape == (depth, 2, 3, 2) and torch.isfinite(coef).all() and not torch.allclose(coef, ones)
+    fitted = run(CacheOptions(reuse="learned", coefficients=coef, max_lazy_steps=2))
+    assert torch.isfinite(fitted).all() and not torch.allclose(fitted, line, atol=1e-4)
+    GateBank(GateInfo("dit", depth, model.config.hidden_size, [0, 999]), forecast=coef).save(tmp_path / "g.safetensors")
+    assert torch.equal(GateBank.load(tmp_path / "g.safetensors").forecast, coef)
+    with pytest.raises(ValueError, match="forecast coefficients have shape"):
+        GateBank(GateInfo("dit", depth, model.config.hidden_size, [0, 999]), forecast=coef[:, :1])
+    with pytest.raises(ValueError, match="fitted forecaster coefficients"):
+        CacheOptions(reuse="learned")

@@ -72,7 +72,7 @@ class Evaluator:
                 kw = {} if options is None else {"options": options}
                 streams = ("positive", "negative") if cfg != 1 else None
                 with LazyRun(model, policy, streams=streams, timesteps=space_timesteps(steps)[::-1], forward=forward,
-                             **kw) as run:
+                             sigmas=self.diffusion.ddim_sigmas(steps), **kw) as run:
                     z = self.diffusion.ddim_sample(run, noise, y, steps, cfg, null_label=10)
                 ratio_sum += run.report["ratio"] * len(y)
                 macs_saved += run.report["macs_saved"]

@@ -16,17 +16,19 @@ once, when the report is made.
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from . import forecast
+from .correct import Correction
 from .gates import ATTN, MLP, MODULES
 from .policies import Policy
 from .proxies import Attachment, module_macs
 from .report import summarize
 
 REUSE = ("extrapolate", "repeat")     # what a node offers; "taylor" comes with its own node and order
+GATE_REUSE = REUSE + ("learned",)     # with gates: also the forecaster fitted into their file
 LEVELS = ("module", "block")
 MAX_ORDER = 3
 NO_CACHE = 1 << 30          # a row's lazy run before its first computed output: larger than any limit
@@ -45,7 +47,11 @@ class CacheOptions:
 
     level "module": attention and MLP of each block decide on their own (module proxies). level "block":
     a whole block computes or returns its inputs plus its forecast residual (output - input), one cache
-    entry per block over all of its output streams (Call.run_block); both modules count lazy together."""
+    entry per block over all of its output streams (Call.run_block); both modules count lazy together.
+
+    correct: after a chain of lazy steps, the next full step of a first-order sampler (Euler, DDIM) moves x
+    by less than its d, by what the chain's forecasts are estimated to have displaced it (correct.py); the
+    caller must give the run's sigmas, and runs of other samplers ignore it."""
 
     max_lazy_steps: int = 1          # consecutive lazy steps per row; 1 = what the paper's training supports
     dtype: torch.dtype | None = None
@@ -53,6 +59,8 @@ class CacheOptions:
     reuse: str = "repeat"
     order: int = 1
     level: str = "module"
+    correct: bool = False            # fold a chain's forecast error back at the next full step (correct.py)
+    coefficients: torch.Tensor | None = field(default=None, compare=False)   # reuse "learned": GateBank.forecast
 
     def __post_init__(self):
         if self.level not in LEVELS:
@@ -63,6 +71,10 @@ class CacheOptions:
             raise ValueError(f"forecast order {self.order} is not in 1..{MAX_ORDER}")
         if self.max_lazy_steps < 1:
             raise ValueError(f"max_lazy_steps {self.max_lazy_steps} must be at least 1")
+        if self.reuse == "learned" and (self.coefficients is None or self.coefficients.dim() != 4
+                                        or self.coefficients.shape[1::2] != (2, 2)):
+            raise ValueError("reuse 'learned' needs the gate file's fitted forecaster coefficients (depth, 2, "
+                             "positions, 2): fit them with python -m lazy_core.training.forecaster")
 
     @property
     def history(self):
@@ -163,6 +175,7 @@ class Call:
         self.outside = False                # outside a StepRange policy's range: everything computes
         self._index = {}                    # (rows to compute, device) -> (index tensor, mask tensor)
         self._memo = {}                     # per-call results shared by modules with the same history
+        self.partial = set()                # rows lazy in at least one module this call
         state.policy.prepare(self)
 
     @property
@@ -190,6 +203,7 @@ class Call:
         if lazy:
             if index == start:
                 self._count_range_lazy(start, stop)
+                self.partial.update(range(self.rows))
                 return x + self.slab.ranges[(start, stop)].to(device=x.device, dtype=x.dtype)
             return x
         if index == start:
@@ -233,6 +247,7 @@ class Call:
             if out is not written:
                 out.index_copy_(0, idx, fresh)
         slab.runs[key] = [0 if c else r + 1 for c, r in zip(compute, runs)]
+        self.partial.update(i for i, c in enumerate(compute) if not c)
         self._count(key, compute)
         return out
 
@@ -290,6 +305,7 @@ class Call:
                 if y is not None:
                     y.index_copy_(0, idx.to(y.device), fresh[name])
         slab.runs[key] = [0 if c else r + 1 for c, r in zip(compute, runs)]
+        self.partial.update(i for i, c in enumerate(compute) if not c)
         self._count_block(block, compute)
         return out
 
@@ -395,6 +411,8 @@ class Call:
             out = last
         elif opts.reuse == "extrapolate" and opts.order == 1:
             out = torch.lerp(past[0], last, self._weight(slab.times[key], last.dtype))
+        elif opts.reuse == "learned":
+            out = forecast.combine(last, past, self._learned(key, slab))
         else:
             out = forecast.combine(last, past, self._weights(slab.times[key]))
         if out.dtype != z.dtype or out.device != z.device:
@@ -410,6 +428,16 @@ class Call:
             slope = ((self._now(times.device) - t1) / (t1 - t2)).nan_to_num(0.0, 0.0, 0.0)
             hit = self._memo[k] = (times, (1 + slope).to(dtype).view(-1, 1, 1))
         return hit[1]
+
+    def _learned(self, key, slab):
+        """(rows, 3) weights of the learned forecaster for `key`: each row's (a, b) at its position in its
+        chain (its lazy steps so far + 1; past the fitted positions, the last one's)."""
+        coef = self.state.options.coefficients
+        block, module = key
+        top = coef.shape[2] - 1
+        pos = torch.tensor([min(r, top) for r in slab.runs[key]])
+        times = slab.times[key]
+        return forecast.learned(coef[block, module, pos].to(times.device), times, self._now(times.device))
 
     def _weights(self, times):
         """(rows, K) forecast weights for this call's timestep, shared by modules with the same history."""
@@ -463,12 +491,17 @@ def unpack(inputs, stand, form):
 class RunState:
     """Everything one sampling run keeps: the policy, the streams' caches and the run's statistics."""
 
-    def __init__(self, policy: Policy, options: CacheOptions = CacheOptions(), timesteps=None):
-        """timesteps: the run's schedule (diffusion timesteps in sampling order), if known in advance."""
+    def __init__(self, policy: Policy, options: CacheOptions = CacheOptions(), timesteps=None, sigmas=None):
+        """timesteps: the run's schedule (diffusion timesteps in sampling order), if known in advance.
+        sigmas: its sigmas (one more than the steps, the last 0), from a first-order sampler: with
+        options.correct, the trajectory correction (correct.py) runs on them."""
         self.policy = policy
         if timesteps is not None:
             policy.plan(list(timesteps), options.max_lazy_steps)
         self.options = options
+        self.correction = None
+        if options.correct and policy.lazy_possible and timesteps is not None and sigmas is not None:
+            self.correction = Correction(sigmas, timesteps)
         # Consecutive lazy steps allowed: the option, or less where the policy was made for less.
         self.limit = min(options.max_lazy_steps, policy.max_run or options.max_lazy_steps)
         self.streams = {}               # stream key -> StreamCache
@@ -514,6 +547,15 @@ class RunState:
             stream.lazy.append({})
         self.calls += 1
         return self.call
+
+    def correct(self, d):
+        """This call's Euler derivatives d = (x - denoised) / sigma (rows, ...), corrected after a chain of
+        lazy steps; None where the run makes no correction or this call needs none."""
+        if self.correction is None:
+            return None
+        call = self.call
+        full = [i not in call.partial for i in range(call.rows)]
+        return self.correction(call.segments, full, d)
 
     def end_call(self):
         for stream, _, _ in self.call.segments:

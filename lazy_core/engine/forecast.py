@@ -11,6 +11,8 @@ the cache keeps K outputs and their timesteps per row, and a forecaster is a rul
   taylor        K = order + 1: TaylorSeer (Liu et al. 2025): a Taylor series in the step whose derivatives are
                 backward differences of the outputs, assuming the computed steps are evenly spaced;
                 x = (t - t1) / (t1 - t2) steps of that spacing. Order 1 equals the line.
+  learned       K = 3: o1 + a (line - o1) + b (quad - line), with (a, b) fitted per block, module and position
+                in a chain and stored in the gate file (training/forecaster.py); (1, 0) is the line.
 
 A row with fewer outputs than K uses the ones it has (lower order); weights that are not finite (two
 outputs at the same timestep) fall back to repeating the last output.
@@ -20,12 +22,23 @@ import math
 
 import torch
 
-FORECASTS = ("extrapolate", "repeat", "taylor")
+FORECASTS = ("extrapolate", "learned", "repeat", "taylor")
 
 
 def history(reuse, order):
     """How many computed outputs a forecaster keeps per row and module."""
-    return 1 if reuse == "repeat" else order + 1
+    return 1 if reuse == "repeat" else 3 if reuse == "learned" else order + 1
+
+
+def learned(coef, times, now):
+    """(rows, 3) weights of o1 + a (line - o1) + b (quad - line) for coef (rows, 2) = (a, b) per row."""
+    w1 = weights("extrapolate", 1, times[:, :2], now)
+    w1 = torch.cat([w1, torch.zeros_like(w1[:, :1])], 1)
+    w2 = weights("extrapolate", 2, times, now)
+    w0 = torch.zeros_like(w1)
+    w0[:, 0] = 1.0
+    a, b = coef[:, :1].to(w1), coef[:, 1:].to(w1)
+    return w0 + a * (w1 - w0) + b * (w2 - w1)
 
 
 def weights(reuse, order, times, now):

@@ -118,7 +118,8 @@ class GateBank(nn.Module):
     """All gates of one model: weight (depth, 2 modules, buckets, D), bias (depth, 2, buckets) and which
     buckets were trained."""
 
-    def __init__(self, info: GateInfo, weight=None, trained=None, bias=None, prior=None, chain=None, chain_t=None):
+    def __init__(self, info: GateInfo, weight=None, trained=None, bias=None, prior=None, chain=None, chain_t=None,
+                 forecast=None):
         super().__init__()
         if info.pooling not in POOLINGS:
             raise GateFileError(f"unknown pooling {info.pooling!r}; expected one of {POOLINGS}")
@@ -169,6 +170,17 @@ class GateBank(nn.Module):
                     or chain_t.max() > 999:
                 raise GateFileError("gate chain_t must be finite timesteps in 0..999 in sampling (descending) order")
             self.chain, self.chain_t = chain, chain_t
+        # A learned forecaster (optional): [block, module, position - 1] = (a, b), training/forecaster.py.
+        self.forecast = None
+        if forecast is not None:
+            forecast = forecast.float().clone()
+            if forecast.dim() != 4 or tuple(forecast.shape[:2]) != (info.depth, len(MODULES)) \
+                    or forecast.shape[3] != 2 or not forecast.shape[2]:
+                raise GateFileError(f"gate forecast coefficients have shape {tuple(forecast.shape)}; expected "
+                                    f"({info.depth}, {len(MODULES)}, positions, 2)")
+            if not torch.isfinite(forecast).all():
+                raise GateFileError("gate forecast coefficients hold NaN or inf values: fit them again")
+            self.forecast = forecast
         self._timesteps = torch.tensor(info.timesteps, dtype=torch.float32)
         gaps = self._timesteps.diff()
         # A timestep farther than half the widest bucket gap from every bucket has no gate: compute.
@@ -254,6 +266,8 @@ class GateBank(nn.Module):
                "prior": self.prior.float().contiguous(), "trained": self.trained.to(torch.uint8).contiguous()}
         if self.chain is not None:
             out.update(chain=self.chain.contiguous(), chain_t=self.chain_t.contiguous())
+        if self.forecast is not None:
+            out["forecast"] = self.forecast.contiguous()
         return out
 
     @property
@@ -286,7 +300,7 @@ class GateBank(nn.Module):
         try:
             # Version 1 files have neither bias nor prior.
             return cls(info, tensors["weight"], tensors["trained"], tensors.get("bias"), tensors.get("prior"),
-                       tensors.get("chain"), tensors.get("chain_t"))
+                       tensors.get("chain"), tensors.get("chain_t"), tensors.get("forecast"))
         except GateFileError as err:
             raise GateFileError(f"{name}: {err}") from err
 

@@ -1,5 +1,7 @@
 """Lazy sampling outside ComfyUI (training, benchmarks, the CLI): one run, a row per sample."""
 
+import torch
+
 from .cache import CacheOptions, RunState
 
 
@@ -16,12 +18,16 @@ class LazyRun:
     streams, so each keeps its own cache, as the ComfyUI hook keys them by cond uuid.
     """
 
-    def __init__(self, model, policy, options=CacheOptions(), forward=None, streams=None, timesteps=None):
+    def __init__(self, model, policy, options=CacheOptions(), forward=None, streams=None, timesteps=None,
+                 sigmas=None):
         """streams: names that split every call's rows evenly (e.g. ("positive", "negative") for a
         [cond; uncond] batch), laid out as ComfyUI lays out a batched cond and uncond. timesteps: the
-        run's schedule, for policies that plan (log-cost gates)."""
+        run's schedule, for policies that plan (log-cost gates). sigmas: its sigmas for options.correct
+        (a DDIM run: diffusion.ddim_sigmas), whose correction then applies to the first x.shape[1] output
+        channels, the eps of a DiT's [eps; variance] output."""
         self.model = model
         self.timesteps = timesteps
+        self.sigmas = sigmas
         self.streams = streams
         self.policy = policy
         self.options = options
@@ -32,7 +38,7 @@ class LazyRun:
         self.report = None
 
     def __enter__(self):
-        self.state = RunState(self.policy, self.options, self.timesteps)
+        self.state = RunState(self.policy, self.options, self.timesteps, self.sigmas)
         self._handle = self.state.attach(self.model)
         return self
 
@@ -40,7 +46,11 @@ class LazyRun:
         keys = list(self.streams) if self.streams else [stream]
         self.state.begin_call(keys, keys, x.shape[0] // len(keys), x, t)
         try:
-            return self.forward(x, t, cond)
+            out = self.forward(x, t, cond)
+            fixed = self.state.correct(out[:, :x.shape[1]].float())
+            if fixed is not None:
+                out = torch.cat([fixed.to(out.dtype), out[:, x.shape[1]:]], 1)
+            return out
         finally:
             self.state.end_call()
 

@@ -138,6 +138,13 @@ class GaussianDiffusion:
         eps_fn = label_guidance(model, y, cfg_scale, null_label, guided_channels)
         return self.ddim_loop(eps_fn, noise, steps, on_step, on_state)
 
+    def ddim_sigmas(self, steps):
+        """The sigmas sqrt((1 - alpha_bar) / alpha_bar) of a DDIM run's steps, then 0 (where its last step
+        lands): DDIM is Euler in sigma on x / sqrt(alpha_bar), so d = eps moves that x by d * (sigma_next - sigma)."""
+        acp = self.alphas_cumprod
+        steps = space_timesteps(steps, self.num_timesteps)[::-1]
+        return [math.sqrt((1.0 - float(acp[t])) / float(acp[t])) for t in steps] + [0.0]
+
     @torch.no_grad()
     def ddim_loop(self, eps_fn, noise, steps, on_step=None, on_state=None):
         """Deterministic DDIM (eta = 0) over DiT's respaced timesteps; eps_fn(x, t) gives the (guided) eps."""

@@ -101,11 +101,12 @@ def check_psnr(model, gates, costs, cfg_scale, seed, values=CHECK_VALUES, on_pro
     noise = torch.randn(images, *den.latent, generator=g).to(den.device)
     recipe = gates.info.recipe
     options = CacheOptions(reuse=recipe.get("reuse", "extrapolate"), order=recipe.get("order", 1),
-                           max_lazy_steps=gates.longest_chain)
+                           max_lazy_steps=gates.longest_chain, correct=True)     # as Apply Lazy Gates runs it
     diffusion, errors = GaussianDiffusion(), []
     for v in values:
         with LazyRun(den.model, LearnedGates(gates, gates.threshold_for(v, steps), v), options, forward=forward,
-                     streams=den.run_streams(cfg_scale), timesteps=space_timesteps(steps)[::-1]) as run:
+                     streams=den.run_streams(cfg_scale), timesteps=space_timesteps(steps)[::-1],
+                     sigmas=diffusion.ddim_sigmas(steps)) as run:
             z = diffusion.ddim_loop(den.eps_fn(run, cond, cfg_scale), noise, steps)
         errors.append((z.float().cpu() - costs.final).pow(2).flatten(1).sum(1))
     numel = costs.final[0].numel()
