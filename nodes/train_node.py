@@ -261,10 +261,11 @@ class SensitivitySchedule(io.ComfyNode):
         bar = CallBar(SCHEDULE_CALLS * per, 0, CHECK_CALLS * per)
         t0 = time.perf_counter()
         with interruptible(denoiser.model):
+            # Chains measured with the trajectory correction Apply Lazy Gates makes on euler and ddim.
             costs = measure(denoiser, steps=SCHEDULE_STEPS, images=images, cfg_scale=cfg, seed=seed, order=ORDER,
-                            chain=CHAIN, modules=False, history=HISTORY, on_progress=bar.phase(0))
+                            chain=CHAIN, modules=False, history=HISTORY, on_progress=bar.phase(0), correct=True)
             gates = schedule_bank(denoiser, costs, recipe={"measure_steps": SCHEDULE_STEPS, "images": images,
-                                                           "cfg_scale": cfg, "seed": seed,
+                                                           "cfg_scale": cfg, "seed": seed, "correct": True,
                                                            "measure_calls": costs.calls,
                                                            "model_calls": costs.model_calls})
             gates.info.recipe.update(measure_seconds=round(costs.seconds, 1), **predicting(model, costs))

@@ -59,11 +59,11 @@ def main():
             "learned LazyDiT gates for the demo model: the sensitivity objective (costs measured on the "
             "model's own guided trajectories, the gates fitted to each image's cost)",
             "python -m lazy_core.training.train_gates --model weights/dit_demo_fashion.safetensors "
-            "--out weights/dit_demo_fashion_gates.safetensors"),
+            "--out weights/dit_demo_fashion_gates.safetensors --images 16"),
         "dit_demo_fashion_schedule.safetensors": gates_entry(
             "training-free sensitivity schedule for the demo model (timestep-only decisions)",
             "python -m lazy_core.training.sensitivity --model weights/dit_demo_fashion.safetensors "
-            "--out weights/dit_demo_fashion_schedule.safetensors && python -m lazy_core.training.calibrate "
+            "--out weights/dit_demo_fashion_schedule.safetensors --images 16 && python -m lazy_core.training.calibrate "
             "--model weights/dit_demo_fashion.safetensors --gates weights/dit_demo_fashion_schedule.safetensors "
             "--check"),
         "dit_demo_fashion_gates_local.safetensors": gates_entry(

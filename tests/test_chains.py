@@ -129,6 +129,30 @@ def test_measured_chain_cost_is_the_final_error_of_an_engine_run(model, chain_co
     assert torch.isinf(costs.chain[STEPS - 1, 1:]).all() and torch.isfinite(costs.chain[1:STEPS - 2]).all()
 
 
+def test_measured_chain_cost_with_the_correction_is_that_of_a_corrected_engine_run(model):
+    """Measured with correct=True (the step after the chain corrected), a chain's cost equals the final-image
+    error of a LazyRun lazy on that chain with CacheOptions(correct=True) and the run's DDIM sigmas, and it
+    differs from the cost without the correction."""
+    costs = S.measure(model, steps=STEPS, images=3, cfg_scale=CFG, seed=3, chain=3, modules=False, correct=True)
+    plain = S.measure(model, steps=STEPS, images=3, cfg_scale=CFG, seed=3, chain=2, modules=False)
+    den = LabelDenoiser(model)
+    g = torch.Generator().manual_seed(3)
+    cond = den.draw(3, g)
+    noise = torch.randn(3, *den.latent, generator=g)
+    d = GaussianDiffusion()
+    exact = d.ddim_sample(model, noise, cond, STEPS, CFG, null_label=10)
+    for start, n in ((2, 3), (4, 2), (3, 1)):
+        lazy = torch.zeros(STEPS, 2, 2, dtype=torch.bool)
+        lazy[start:start + n] = True
+        options = CacheOptions(reuse="extrapolate", max_lazy_steps=3, correct=True)
+        with LazyRun(model, StaticMask(lazy), options, streams=("positive", "negative"),
+                     timesteps=space_timesteps(STEPS)[::-1], sigmas=d.ddim_sigmas(STEPS)) as run:
+            out = d.ddim_sample(run, noise, cond, STEPS, CFG, null_label=10)
+        err = (out - exact).pow(2).flatten(1).sum(1)
+        assert torch.allclose(err, costs.chain[start, n - 1], rtol=2e-2, atol=1e-9), (start, n, err, costs.chain)
+    assert not torch.allclose(costs.chain[1:STEPS - 2, :2], plain.chain[1:STEPS - 2], rtol=1e-3)
+
+
 def test_chain_plan_spends_the_budget_in_chains_within_the_limit(model, chain_costs_measured):
     """A schedule with chains reaches past half of the steps lazy, never more than the longest chain in a
     row (nor more than max_lazy_steps), and its plan share is what the run does."""

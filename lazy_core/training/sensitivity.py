@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ..engine import forecast
+from ..engine.correct import Correction
 from ..engine.gates import MODULES, GateBank, GateInfo
 from ..engine.proxies import Attachment, describe
 from ..models.diffusion import GaussianDiffusion, space_timesteps
@@ -123,7 +124,7 @@ def measure_calls(steps, depth, chain=1, modules=True, history="exact"):
 
 @torch.no_grad()
 def measure(model, steps=20, images=16, cfg_scale=4.0, seed=0, pooling="mean", on_progress=None, reuse="extrapolate",
-            order=1, chain=1, modules=True, history="exact"):
+            order=1, chain=1, modules=True, history="exact", correct=False):
     """Costs of lazy steps for `images` trajectories of `steps` DDIM steps with guidance, where a lazy
     module stands in with the engine's forecast (engine.CacheOptions reuse and order):
 
@@ -136,6 +137,8 @@ def measure(model, steps=20, images=16, cfg_scale=4.0, seed=0, pooling="mean", o
                  chain computed (what a run lazy on that chain alone does). "periodic": the computed steps
                  spaced as in a run of such chains (i - 1, i - 1 - (l + 1), ...), what a forecast sees in
                  a run lazy most of the time; the outputs are the exact trajectory's.
+      correct    the step after each chain applies the engine's trajectory correction (correct.py), as a
+                 run with CacheOptions(correct=True) on a first-order sampler does; no extra model calls.
 
     model: a DiT or a denoiser. Guided evaluations: measure_calls(steps, depth, chain, modules, history),
     each over the guided batch of `images`, in den.calls_per_step(images, cfg_scale) model calls (a DiT: one,
@@ -187,6 +190,16 @@ def measure(model, steps=20, images=16, cfg_scale=4.0, seed=0, pooling="mean", o
     def norm2(v):
         return v.float().pow(2).flatten(1).sum(1).cpu()                     # (images,)
 
+    fix = Correction(diffusion.ddim_sigmas(steps), [float(t) for t in ts]) if correct else None
+
+    def corrected(eps, start, k, chain_eps):
+        """eps at step k, the first computed one after the lazy steps start..k - 1 (their eps: chain_eps),
+        corrected as the engine corrects it (the guided eps: the correction is linear in the rows)."""
+        if fix is None:
+            return eps
+        kept = {start - 1: exact_eps[start - 1], k: eps, **{start + j: e for j, e in enumerate(chain_eps)}}
+        return eps - fix._fix(kept, start - 1, k, slice(None)).to(eps.dtype)
+
     def lazy_calls(outputs, start, k, lazy, spacing=1):
         """Calls standing in for `lazy` at step k with the forecast from the steps computed before `start`:
         start - 1, start - 1 - spacing, ..."""
@@ -227,20 +240,25 @@ def measure(model, steps=20, images=16, cfg_scale=4.0, seed=0, pooling="mean", o
             for n in range(1, min(chain, steps - i) + 1):
                 k = i + n - 1
                 if history == "periodic":              # each length has its own history: run its chain anew
-                    xx = states[i]
+                    xx, chain_eps = states[i], []
                     for j in range(i, k + 1):
                         lazy_eps = eps_with(lazy_calls(outputs, i, j, keys, n + 1), xx, j)
                         if j == i and n == 1:
                             d = lazy_eps - exact_eps[i]
+                        chain_eps.append(lazy_eps)
                         xx = step(xx, j, lazy_eps)
                 else:
+                    if n == 1:
+                        chain_eps = []
                     lazy_eps = eps_with(lazy_calls(outputs, i, k, keys), xx, k)
                     if n == 1:
                         d = lazy_eps - exact_eps[i]
+                    chain_eps.append(lazy_eps)
                     xx = step(xx, k, lazy_eps)
                 yy = xx
                 for j in range(k + 1, steps):
-                    yy = step(yy, j, eps_with(_Calls(row_images, images, pooling), yy, j))
+                    eps = eps_with(_Calls(row_images, images, pooling), yy, j)
+                    yy = step(yy, j, corrected(eps, i, j, chain_eps) if j == k + 1 else eps)
                 costs[i, n - 1] = norm2(yy - final)
             gain[i] = costs[i, 0] / norm2(d).clamp_min(EPS)
         cost = None
@@ -395,6 +413,8 @@ def main(argv=None):
     p.add_argument("--chain", type=int, default=CHAIN, help="longest chain of lazy steps measured")
     p.add_argument("--reuse", choices=forecast.FORECASTS, default="extrapolate", help="the forecast measured")
     p.add_argument("--order", type=int, default=ORDER, help="the forecast's order")
+    p.add_argument("--no-correct", dest="correct", action="store_false",
+                   help="measure chains without the trajectory correction Apply Lazy Gates makes on euler/ddim")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto", help="auto: a GPU if there is one, else cpu")
     args = p.parse_args(argv)
@@ -404,9 +424,10 @@ def main(argv=None):
     n = model.config.num_classes
     denoiser = LabelDenoiser(model, parse_labels(args.labels, n, names_for(n)))
     costs = measure(denoiser, args.steps, args.images, args.cfg_scale, args.seed, reuse=args.reuse, order=args.order,
-                    chain=args.chain, modules=False, history=HISTORY)
+                    chain=args.chain, modules=False, history=HISTORY, correct=args.correct)
     bank = schedule_bank(model, costs, recipe={"measure_steps": args.steps, "images": args.images,
                                                "cfg_scale": args.cfg_scale, "seed": args.seed,
+                                               "correct": args.correct,
                                                "measure_seconds": round(costs.seconds, 1),
                                                "measure_calls": costs.calls})
     bank.info.calibration, per_steps = calibrate(model, bank, step_counts=parse_step_counts(args.calibrate))

@@ -270,9 +270,10 @@ def train_sensitivity(denoiser, args, on_progress=None):
     t0 = time.time()
     costs = measure(denoiser, steps=args.measure_steps, images=args.images, cfg_scale=args.cfg_scale,
                     seed=args.seed, pooling=args.pooling, reuse=args.reuse, order=args.order, chain=args.chain,
-                    modules=args.level == "module", history=HISTORY, on_progress=on_progress)
+                    modules=args.level == "module", history=HISTORY, on_progress=on_progress,
+                    correct=getattr(args, "correct", True))
     recipe = {"measure_steps": args.measure_steps, "images": args.images, "cfg_scale": args.cfg_scale,
-              "seed": args.seed}
+              "seed": args.seed, "correct": getattr(args, "correct", True)}
     gates, fit = fit_gates(denoiser, costs, buckets=args.buckets, pooling=args.pooling, recipe=recipe,
                            level=args.level)
     r2 = sum(fit["r2_holdout"]) / len(fit["r2_holdout"])
@@ -334,6 +335,8 @@ def parser():
     p.add_argument("--chain", type=int, default=CHAIN, help="sensitivity: longest chain of lazy steps measured")
     p.add_argument("--reuse", choices=FORECASTS, default="extrapolate", help="sensitivity: the forecast measured")
     p.add_argument("--order", type=int, default=ORDER, help="sensitivity: the forecast's order")
+    p.add_argument("--no-correct", dest="correct", action="store_false",
+                   help="sensitivity: measure chains without the trajectory correction Apply makes on euler/ddim")
     p.add_argument("--source", choices=("self", "real"), default="self", help="local: data source")
     p.add_argument("--iters", type=int, default=500, help="paper: 500")
     p.add_argument("--batch", type=int, default=64, help="global batch (paper: 256)")
