@@ -105,16 +105,21 @@ def chain_costs_measured(model):
     return S.measure(model, steps=STEPS, images=3, cfg_scale=CFG, seed=3, chain=3, modules=False, order=2)
 
 
-def test_measured_chain_cost_is_the_final_error_of_an_engine_run(model, chain_costs_measured):
-    """A chain of 1..3 lazy steps measured by `measure` equals the final-image error of a LazyRun that is
-    lazy on exactly those steps, with the same forecast (order 2 here)."""
-    costs = chain_costs_measured
+def measured_trajectories(model):
+    """(conditions, noise, diffusion, exact finals) of the 3 trajectories measure(seed=3) draws."""
     den = LabelDenoiser(model)
     g = torch.Generator().manual_seed(3)
     cond = den.draw(3, g)
     noise = torch.randn(3, *den.latent, generator=g)
     d = GaussianDiffusion()
-    exact = d.ddim_sample(model, noise, cond, STEPS, CFG, null_label=10)
+    return cond, noise, d, d.ddim_sample(model, noise, cond, STEPS, CFG, null_label=10)
+
+
+def test_measured_chain_cost_is_the_final_error_of_an_engine_run(model, chain_costs_measured):
+    """A chain of 1..3 lazy steps measured by `measure` equals the final-image error of a LazyRun that is
+    lazy on exactly those steps, with the same forecast (order 2 here)."""
+    costs = chain_costs_measured
+    cond, noise, d, exact = measured_trajectories(model)
     for start, n in ((2, 3), (4, 2), (STEPS - 1, 1), (3, 1)):
         lazy = torch.zeros(STEPS, 2, 2, dtype=torch.bool)
         lazy[start:start + n] = True
@@ -135,12 +140,7 @@ def test_measured_chain_cost_with_the_correction_is_that_of_a_corrected_engine_r
     differs from the cost without the correction."""
     costs = S.measure(model, steps=STEPS, images=3, cfg_scale=CFG, seed=3, chain=3, modules=False, correct=True)
     plain = S.measure(model, steps=STEPS, images=3, cfg_scale=CFG, seed=3, chain=2, modules=False)
-    den = LabelDenoiser(model)
-    g = torch.Generator().manual_seed(3)
-    cond = den.draw(3, g)
-    noise = torch.randn(3, *den.latent, generator=g)
-    d = GaussianDiffusion()
-    exact = d.ddim_sample(model, noise, cond, STEPS, CFG, null_label=10)
+    cond, noise, d, exact = measured_trajectories(model)
     for start, n in ((2, 3), (4, 2), (3, 1)):
         lazy = torch.zeros(STEPS, 2, 2, dtype=torch.bool)
         lazy[start:start + n] = True
