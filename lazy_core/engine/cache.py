@@ -568,6 +568,8 @@ class RunState:
         self.seconds = time.perf_counter() - self.started
         for stream in self.streams.values():
             stream.slab = None
+        if self.correction is not None:
+            self.correction.streams.clear()
         self._attachments.clear()
 
     def report(self):
