@@ -87,7 +87,7 @@ BAD_INPUTS = {
     "apply max_lazy_steps": (demo_workflow, "3", "max_lazy_steps", 0, "Value 0 smaller than min of 1"),
     "apply cache_device": (demo_workflow, "3", "cache_device", "cuda:7", "'cuda:7' not in ['auto', 'cpu']"),
     "apply cache_dtype": (demo_workflow, "3", "cache_dtype", "float8", "'float8' not in ['auto', 'float16'"),
-    "apply reuse": (demo_workflow, "3", "reuse", "copy", "'copy' not in ['extrapolate', 'repeat']"),
+    "apply reuse": (demo_workflow, "3", "reuse", "copy", "'copy' not in ['extrapolate', 'repeat', 'learned']"),
     "apply start 5": (demo_workflow, "3", "start_percent", 5.0, "Value 5.0 bigger than max of 1.0"),
     "apply end -3": (demo_workflow, "3", "end_percent", -3.0, "Value -3.0 smaller than min of 0.0"),
     "apply start nan": (demo_workflow, "3", "start_percent", NAN, "Value nan smaller than min of 0.0"),

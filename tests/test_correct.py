@@ -115,3 +115,32 @@ def test_comfy_euler_corrects_and_other_samplers_do_not():
     euler, other = results["euler"], results["dpmpp_2m"]
     assert euler[0] > euler[1] + 1.0 and not euler[2]
     assert other[2]
+
+
+@pytest.mark.usefixtures("comfy")
+def test_apply_refuses_a_learned_forecaster_the_gates_lack_and_runs_one_they_carry(tmp_path):
+    """reuse 'learned' with gates that carry no fitted forecaster is refused before any sampling, naming the
+    fitting command; the same gates with coefficients run."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import nodes as comfy_nodes
+    from lazydit.lazy_core.engine.gates import GateBank
+    from lazydit.nodes.labels import ClassLabel, NullLabel
+    from lazydit.nodes.lazy_nodes import ApplyLazyGates, LoadLazyGates
+    from lazydit.nodes.loaders import LoadDiT
+
+    model = LoadDiT.execute("dit_demo_fashion.safetensors (built in)", "auto").args[0]
+    gates = LoadLazyGates.execute("dit_demo_fashion_gates.safetensors (built in)").args[0]
+    with pytest.raises(ValueError, match="lazy_core.training.forecaster"):
+        ApplyLazyGates.execute(model, gates, 0.5, 4, "auto", "auto", "learned")
+    bank = GateBank.load(os.path.join(WEIGHTS, "dit_demo_fashion_gates.safetensors"))
+    bank.forecast = torch.tensor([1.0, 0.0]).expand(bank.info.depth, 2, 4, 2).clone()
+    fitted = comfy.model_patcher.ModelPatcher(bank, load_device=mm.get_torch_device(),
+                                              offload_device=mm.unet_offload_device())
+    pos, neg = ClassLabel.execute(model, "Bag").args[0], NullLabel.execute(model).args[0]
+    latent = {"samples": torch.zeros(1, 4, 16, 16)}
+    runs = [ApplyLazyGates.execute(model, g, 0.8, 4, "auto", "auto", r).args[0]
+            for g, r in ((fitted, "learned"), (gates, "extrapolate"))]
+    learned, line = (comfy_nodes.common_ksampler(m, 1, 20, 4.0, "euler", "normal", pos, neg, latent)[0]["samples"]
+                     for m in runs)
+    assert torch.allclose(learned, line, atol=1e-4)             # (1, 0) at every position is the line
