@@ -31,6 +31,7 @@ class Holder:
         self.blocks = ()
         self.evaluation = None          # the Calls of the guided evaluation in progress
         self.calls = 0                  # model calls made
+        self.correction = None          # the measuring loop's steps are its own: no trajectory correction
 
     def begin_call(self, uuids, labels, per, x, timestep):
         self.calls += 1
