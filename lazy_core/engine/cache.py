@@ -175,7 +175,6 @@ class Call:
         self.outside = False                # outside a StepRange policy's range: everything computes
         self._index = {}                    # (rows to compute, device) -> (index tensor, mask tensor)
         self._memo = {}                     # per-call results shared by modules with the same history
-        self.partial = set()                # rows lazy in at least one module this call
         state.policy.prepare(self)
 
     @property
@@ -203,7 +202,6 @@ class Call:
         if lazy:
             if index == start:
                 self._count_range_lazy(start, stop)
-                self.partial.update(range(self.rows))
                 return x + self.slab.ranges[(start, stop)].to(device=x.device, dtype=x.dtype)
             return x
         if index == start:
@@ -247,7 +245,6 @@ class Call:
             if out is not written:
                 out.index_copy_(0, idx, fresh)
         slab.runs[key] = [0 if c else r + 1 for c, r in zip(compute, runs)]
-        self.partial.update(i for i, c in enumerate(compute) if not c)
         self._count(key, compute)
         return out
 
@@ -305,7 +302,6 @@ class Call:
                 if y is not None:
                     y.index_copy_(0, idx.to(y.device), fresh[name])
         slab.runs[key] = [0 if c else r + 1 for c, r in zip(compute, runs)]
-        self.partial.update(i for i, c in enumerate(compute) if not c)
         self._count_block(block, compute)
         return out
 
@@ -500,7 +496,8 @@ class RunState:
             policy.plan(list(timesteps), options.max_lazy_steps)
         self.options = options
         self.correction = None
-        if options.correct and policy.lazy_possible and timesteps is not None and sigmas is not None:
+        if options.correct and policy.lazy_possible and not policy.ranges and timesteps is not None \
+                and sigmas is not None:              # range caching (Δ-DiT) keeps no per-row runs to read
             self.correction = Correction(sigmas, timesteps)
         # Consecutive lazy steps allowed: the option, or less where the policy was made for less.
         self.limit = min(options.max_lazy_steps, policy.max_run or options.max_lazy_steps)
@@ -554,7 +551,9 @@ class RunState:
         if self.correction is None:
             return None
         call = self.call
-        full = [i not in call.partial for i in range(call.rows)]
+        # A row computed every module this call where each of its lazy runs is back at 0.
+        runs = list(call.slab.runs.values())
+        full = [all(r[i] == 0 for r in runs) for i in range(call.rows)]
         return self.correction(call.segments, full, d)
 
     def end_call(self):

@@ -50,7 +50,7 @@ class Correction:
                         groups.setdefault(a, []).append(r)
                     mine["last"][r] = k
             for a, rs in groups.items():
-                fix = self._fix(mine["d"], a, k, rs)
+                fix = self.shift(mine["d"], a, k, rs)
                 if fix is None:
                     continue
                 if out is None:
@@ -62,7 +62,7 @@ class Correction:
                 del mine["d"][s]
         return out
 
-    def _fix(self, kept, a, k, rows):
+    def shift(self, kept, a, k, rows):
         """(len(rows), ...) amount to subtract from d_k of `rows`, whose chain ran from step a + 1 to k - 1."""
         if any(j not in kept for j in range(a, k)):
             return None

@@ -198,7 +198,7 @@ def measure(model, steps=20, images=16, cfg_scale=4.0, seed=0, pooling="mean", o
         if fix is None:
             return eps
         kept = {start - 1: exact_eps[start - 1], k: eps, **{start + j: e for j, e in enumerate(chain_eps)}}
-        return eps - fix._fix(kept, start - 1, k, slice(None)).to(eps.dtype)
+        return eps - fix.shift(kept, start - 1, k, slice(None)).to(eps.dtype)
 
     def lazy_calls(outputs, start, k, lazy, spacing=1):
         """Calls standing in for `lazy` at step k with the forecast from the steps computed before `start`:
