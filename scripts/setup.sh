@@ -5,7 +5,7 @@
 #
 #   bash scripts/setup.sh                    # ComfyUI 0.3.75 in .comfyui/ComfyUI, venv .venv (the default tier)
 #   bash scripts/setup.sh --comfyui 0.33.0   # ComfyUI 0.33.0 from ../shared/comfyui/ in .comfyui-0.33/ComfyUI,
-#                                            # its own venv .venv-0.33 (extra requirements, its front end)
+#                                            # venv .venv-0.33, a layer over .venv with what 0.33.0 adds
 # The 0.33.0 tree is not on the package registry: its tarball lies in a shared/ folder beside the checkout.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -45,27 +45,43 @@ if [ "${#debs[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive sudo_ apt-get install -y -qq "${debs[@]}" >/dev/null
 fi
 
-# 2. Virtual environment with pinned torch + ComfyUI's dependencies.
-if [ ! -x "$venv/bin/python" ]; then
-    log "creating $venv"
-    "$py" -m venv "$venv"
+# 2. Virtual environment with pinned torch + ComfyUI's dependencies. The 0.33.0 venv is a thin layer over .venv:
+#    a .pth file puts .venv's site-packages after its own, so it holds only what 0.33.0 adds or pins differently
+#    (its front end, torchaudio, four small packages). Two full copies of the CUDA torch stack (6 GB each) do not
+#    fit beside each other on a small CI disk.
+base="$root/.venv"
+base_stamp="$base/.requirements.sha256"
+if [ ! -x "$base/bin/python" ]; then
+    log "creating $base"
+    "$py" -m venv "$base"
 fi
-extra="$root/scripts/requirements-comfyui-0.33.txt"
-if [ "$tier" = 0.33.0 ]; then
-    want="$(cat "$reqs" "$extra" | sha256sum | cut -d' ' -f1)"
-else
-    want="$(sha256sum "$reqs" | cut -d' ' -f1)"
-fi
-if [ "$(cat "$stamp_reqs" 2>/dev/null)" != "$want" ]; then
+want="$(sha256sum "$reqs" | cut -d' ' -f1)"
+if [ "$(cat "$base_stamp" 2>/dev/null)" != "$want" ]; then
     log "installing pinned requirements (torch from the local wheel cache)"
-    "$venv/bin/pip" install -q --disable-pip-version-check -r "$reqs"
-    if [ "$tier" = 0.33.0 ]; then
-        # 0.33.0's added requirements; torchaudio without its dependencies, which would replace the pinned torch
-        # (the registry has no torchaudio built for torch 2.14.1; 2.11.0 imports beside it).
+    "$base/bin/pip" install -q --disable-pip-version-check -r "$reqs"
+    echo "$want" > "$base_stamp"
+fi
+if [ "$tier" = 0.33.0 ]; then
+    extra="$root/scripts/requirements-comfyui-0.33.txt"
+    purelib() { "$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
+    if [ -x "$venv/bin/python" ] && [ ! -f "$(purelib "$venv")/_base_venv.pth" ]; then
+        log "rebuilding $venv as a layer over $base (it held a full copy)"
+        rm -rf "$venv"
+    fi
+    if [ ! -x "$venv/bin/python" ]; then
+        log "creating $venv over $base"
+        "$py" -m venv "$venv"
+        purelib "$base" > "$(purelib "$venv")/_base_venv.pth"
+    fi
+    want="$(cat "$reqs" "$extra" | sha256sum | cut -d' ' -f1)"
+    if [ "$(cat "$stamp_reqs" 2>/dev/null)" != "$want" ]; then
+        log "installing ComfyUI 0.33.0's added requirements"
+        # torchaudio without its dependencies, which would replace the pinned torch (the registry has no
+        # torchaudio built for torch 2.14.1; 2.11.0 imports beside it).
         "$venv/bin/pip" install -q --disable-pip-version-check -r "$extra"
         "$venv/bin/pip" install -q --disable-pip-version-check --no-deps torchaudio==2.11.0
+        echo "$want" > "$stamp_reqs"
     fi
-    echo "$want" > "$stamp_reqs"
 fi
 
 # 3. Nothing of the pack is installed: scripts and tests bind it from their own checkout (scripts/checkout.py).

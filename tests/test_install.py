@@ -15,20 +15,31 @@ WORKFLOW = os.path.join(ROOT, "example_workflows", "api", "lazydit_demo_fashion.
 
 def site_entries_naming_the_pack():
     """Entries of the venv's site-packages that could make `lazydit` importable: a name with "lazydit" in it, or
-    a .pth file that points at a checkout of this repository."""
+    a .pth file that points at a checkout of this repository. Folders a .pth file adds (the 0.33.0 venv's layer
+    over the base venv) are searched too."""
     code = ("import json, site, sysconfig; "
             "print(json.dumps(sorted({sysconfig.get_paths()['purelib'], *site.getsitepackages()})))")
-    found = []
-    for site_dir in json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                              check=True).stdout):
-        for name in os.listdir(site_dir) if os.path.isdir(site_dir) else []:
+    todo = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                     check=True).stdout)
+    seen, found = set(), []
+    checkout = {os.path.realpath(ROOT), os.path.dirname(os.path.realpath(ROOT))}
+    while todo:
+        site_dir = os.path.realpath(todo.pop())
+        if site_dir in seen or not os.path.isdir(site_dir):
+            continue
+        seen.add(site_dir)
+        for name in os.listdir(site_dir):
             path = os.path.join(site_dir, name)
             if "lazydit" in name.lower():
                 found.append(path)
             elif name.endswith(".pth") and os.path.isfile(path):
                 text = open(path, errors="replace").read()
-                if "lazydit" in text.lower() or "lazy_core" in text or os.path.realpath(ROOT) in text:
+                lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+                folders = [line for line in lines if not line.startswith("import ")]
+                if ("lazydit" in text.lower() or "lazy_core" in text
+                        or any(os.path.realpath(os.path.join(site_dir, folder)) in checkout for folder in folders)):
                     found.append(path)
+                todo.extend(os.path.join(site_dir, folder) for folder in folders)
     return found
 
 

@@ -96,8 +96,8 @@ def test_sensitivity_cli_writes_calibrated_log_cost_gates(model_file, tmp_path):
     # 8 steps allow at most 4 lazy (every other step after the first); the top price gets most of them. (Chains
     # measured with the correction can cost less than a shorter chain, which the plan then takes for free.)
     assert ratios[0] == 0.0 and ratios == sorted(ratios) and ratios[-1] >= 0.3, gates.info.calibration
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    done = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", *cmd[1:]], capture_output=True,
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]  # the torchrun script, in any venv layout
+    done = subprocess.run([*torchrun, "--standalone", "--nproc_per_node", "2", *cmd[1:]], capture_output=True,
                           text=True, timeout=300, cwd=PACK)
     assert done.returncode != 0 and "--objective sensitivity runs on one process" in done.stderr
 
@@ -122,9 +122,9 @@ def run_cli(launcher, model_file, out):
 
 def test_torchrun_two_processes_match_one(model_file, tmp_path):
     """torchrun --nproc_per_node 2 (gloo) with the same global batch trains the same gates as 1 process."""
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]  # the torchrun script, in any venv layout
     one = run_cli([sys.executable], model_file, tmp_path / "one.safetensors")
-    two = run_cli([torchrun, "--standalone", "--nproc_per_node", "2"], model_file, tmp_path / "two.safetensors")
+    two = run_cli([*torchrun, "--standalone", "--nproc_per_node", "2"], model_file, tmp_path / "two.safetensors")
     assert two.info.recipe["world_size"] == 2 and one.info.recipe["world_size"] == 1
     torch.testing.assert_close(two.weight, one.weight, atol=1e-4, rtol=1e-3)
     assert one.weight.abs().sum() > 0
