@@ -18,7 +18,7 @@ from comfy.ldm.pixart.pixartms import PixArtMSBlock
 
 from ..lazy_core.engine.cache import CacheOptions, RunState
 from ..lazy_core.engine.policies import StepRange
-from ..lazy_core.engine.proxies import UnsupportedModelError, describe, register_block
+from ..lazy_core.engine.proxies import DIT_NORMS, UnsupportedModelError, describe, register_block
 from ..lazy_core.models.checkpoint import blank_weights
 from ..lazy_core.models.dydit import DENSE_GATES_REFUSAL, LAZY_REFUSAL
 from . import families
@@ -30,7 +30,7 @@ KEY = "lazydit"
 WRAPPERS = comfy.patcher_extension.WrappersMP
 STREAM_LABELS = {0: "positive", 1: "negative"}
 
-register_block(PixArtMSBlock, "pixart")          # self-attention and MLP; cross-attention computes
+register_block(PixArtMSBlock, "pixart", norms=DIT_NORMS)     # self-attention and MLP; cross-attention computes
 
 # Core caches (comfy_extras/nodes_easycache.py), by the key of their OUTER_SAMPLE wrapper. They skip whole
 # model calls and answer with a cached output, so a lazy module's last output would come from a step that

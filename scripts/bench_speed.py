@@ -38,8 +38,8 @@ def comfy_path_or_none():
         from comfy.ldm.pixart.pixartms import PixArtMSBlock
     except ImportError:
         return False
-    from lazydit.lazy_core.engine.proxies import register_block
-    register_block(PixArtMSBlock, "pixart")
+    from lazydit.lazy_core.engine.proxies import DIT_NORMS, register_block
+    register_block(PixArtMSBlock, "pixart", norms=DIT_NORMS)
     return True
 
 
@@ -130,6 +130,12 @@ def gates_never_lazy(model):
     return LearnedGates(bank, threshold=-1e9)
 
 
+def norms_run(policy):
+    """The policy as if it read the modules' inputs: the norms feeding lazy modules run (what they cost)."""
+    policy.reads_input = True
+    return policy
+
+
 def main(args):
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -139,8 +145,8 @@ def main(args):
     from comfy.ldm.pixart.pixartms import PixArtMSBlock
     from lazydit.lazy_core.engine.cache import RunState
     from lazydit.lazy_core.engine.policies import ForcedRatio, NeverLazy
-    from lazydit.lazy_core.engine.proxies import module_macs, register_block
-    register_block(PixArtMSBlock, "pixart")
+    from lazydit.lazy_core.engine.proxies import DIT_NORMS, module_macs, register_block
+    register_block(PixArtMSBlock, "pixart", norms=DIT_NORMS)
 
     if args.dydit:
         with torch.inference_mode():
@@ -168,6 +174,7 @@ def main(args):
                 "forced r=0.25": (ForcedRatio(0.25, depth), False),
                 "forced r=0.50": (ForcedRatio(0.5, depth), False),
                 "forced r=0.67": (ForcedRatio(0.67, depth), False),
+                "forced r=0.67 (norms run)": (norms_run(ForcedRatio(0.67, depth)), False),
             }
             if args.only:
                 variants = {k: v for k, v in variants.items() if k == "unpatched" or k in args.only.split(",")}

@@ -288,6 +288,26 @@ def test_fora_skip_pattern(pixart):
         assert per_step == [0.0 if i % 3 == 0 else 1.0 for i in range(8)], per_step
 
 
+def test_lazy_pixart_modules_skip_their_norms(pixart, monkeypatch):
+    """On ComfyUI's PixArt block, FORA's lazy steps run neither norm1 nor norm2 (only the 3 computed steps
+    of 8 do), and the samples are bit-identical to FORA deciding after the norms ran."""
+    from lazydit.lazy_core.engine.policies import Fora
+
+    ran = []
+    blocks = pixart.model.diffusion_model.blocks
+    hooks = [m.register_forward_hook(lambda mod, args, out: ran.append(1)) for b in blocks for m in (b.norm1, b.norm2)]
+    try:
+        out = sample(apply_fora(pixart, 3), POS, NEG)
+        fast = len(ran)
+        monkeypatch.setattr(Fora, "reads_input", True)
+        ref = sample(apply_fora(pixart, 3), POS, NEG)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert torch.equal(out, ref)
+    assert (fast, len(ran) - fast) == (3 * 3 * 2, 8 * 3 * 2)
+
+
 def test_delta_dit_skip_pattern(pixart):
     """Δ-DiT, 2 of 3 blocks, boundary 50 %, interval 2: rear blocks lazy on odd steps of the first half,
     front blocks on odd steps of the second half, and the first step after the boundary computes."""

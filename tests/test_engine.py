@@ -136,6 +136,43 @@ def test_fora_refreshes_every_n_steps():
     assert per_step.tolist() == [0 if s % 3 == 0 else rows * 3 * 2 for s in range(STEPS)]
 
 
+class Halves(Policy):
+    """Even rows compute on even steps, odd rows on odd ones: no module is lazy for every row."""
+
+    lazy_possible, reads_input = True, False
+
+    def compute_mask(self, call, block, module, z):
+        return [(i + int(call.steps[i])) % 2 == 0 for i in range(call.rows)]
+
+
+def reading(policy):
+    """The policy as one that reads its modules' inputs: the same decisions, made after every norm ran."""
+    policy.reads_input = True
+    return policy
+
+
+@pytest.mark.parametrize("make, norms", [(lambda: Fora(3), 4 * 3), (Halves, STEPS * 3)], ids=["fora3", "halves"])
+@pytest.mark.parametrize("reuse", ["repeat", "extrapolate"])
+def test_a_module_no_row_computes_skips_its_norm(make, norms, reuse):
+    """A policy that reads no activations decides before the module's input is made: the norm feeding a
+    module that no row computes does not run (FORA 3 over 10 steps: only on its 4 computed steps), where
+    some rows compute it runs, and the samples are bit-identical to the same decisions made after the norms
+    ran."""
+    model, options = tiny_dit(), CacheOptions(max_lazy_steps=2, reuse=reuse)
+    ran = []
+    hooks = [m.register_forward_hook(lambda mod, args, out: ran.append(out.shape[1]))
+             for b in model.blocks for m in (b.norm1, b.norm2)]
+    out, report = lazy_sample(model, make(), Y, options)
+    fast = len(ran)
+    ref, ref_report = lazy_sample(model, reading(make()), Y, options)
+    for h in hooks:
+        h.remove()
+    assert torch.equal(out, ref), f"max diff {(out - ref).abs().max()}"
+    assert report["ratio"] == ref_report["ratio"] > 0.3
+    assert fast == 2 * norms and len(ran) - fast == 2 * STEPS * 3, (fast, len(ran) - fast)
+    assert set(ran) == {16}, "every norm that runs normalizes all tokens"
+
+
 def test_forced_ratio_is_measured_ratio():
     """ForcedRatio(0.5) makes every module lazy on odd steps: a measured lazy ratio of exactly 50 %."""
     _, report = lazy_sample(tiny_dit(depth=4), ForcedRatio(0.5, 4), Y)

@@ -175,6 +175,7 @@ class Call:
         self.outside = False                # outside a StepRange policy's range: everything computes
         self._index = {}                    # (rows to compute, device) -> (index tensor, mask tensor)
         self._memo = {}                     # per-call results shared by modules with the same history
+        self._ahead = {}                    # (block, module) -> the decision a norm proxy asked for (skips)
         state.policy.prepare(self)
 
     @property
@@ -223,16 +224,18 @@ class Call:
 
         z: (rows, T, D) module input; fn(rows of z, their indices) runs the module on some rows. Returns
         (rows, T, D)."""
-        self.state.tokens = z.shape[1]            # for the MACs estimate
         policy = self.state.policy
         if not policy.lazy_possible:
+            self.state.tokens = z.shape[1]                      # for the MACs estimate
             return fn(z)
         key = (block, module)
         slab = self.slab
         runs = slab.runs.get(key)
         compute = None                                          # None: every row computes
         if runs is not None:
-            compute = self._decide(block, module, z, runs)
+            compute = self._ahead.pop(key) if key in self._ahead else self._decide(block, module, z, runs)
+        if compute is None or any(compute):
+            self.state.tokens = z.shape[1]                      # z is no one-token stand-in (skips)
         if compute is None:
             fresh = fn(z)                                       # (rows, T, D)
             self._keep_all(key, fresh)
@@ -247,6 +250,16 @@ class Call:
         slab.runs[key] = [0 if c else r + 1 for c, r in zip(compute, runs)]
         self._count(key, compute)
         return out
+
+    def skips(self, block, module, x):
+        """Whether no row computes `module` of `block` this call, asked by the norm that feeds it (NormProxy)
+        before the module's input is made: decided now, on a one-token view of x, and kept for run()."""
+        policy = self.state.policy
+        runs = self.slab.runs.get((block, module))
+        if not policy.lazy_possible or policy.reads_input or runs is None:
+            return False
+        compute = self._ahead[(block, module)] = self._decide(block, module, x[:, :1], runs)
+        return compute is not None and not any(compute)
 
     def _decide(self, block, module, z, runs):
         """Per row, whether it computes (the policy's wish, or its lazy run at the limit); None: all do."""

@@ -38,6 +38,9 @@ class Policy:
     lazy_possible = False     # False: the engine neither evaluates decisions nor stores outputs
     ranges = False            # True: the policy caches block ranges (Call.block), so blocks get proxies too
     max_run = None            # most consecutive lazy steps the policy was made for (None: the engine's option)
+    # False: compute_mask reads only z's rows and device, never its values, so the engine may decide before
+    # the module's input is made and skip the norm that feeds a module no row computes (proxies.NormProxy).
+    reads_input = True
 
     def plan(self, timesteps, max_run=1):
         """Per-run set-up from the run's schedule (diffusion timesteps in sampling order), when known, and
@@ -239,6 +242,7 @@ class LearnedGates(Policy):
         # Log-cost gates plan chains only as long as they measured (1 without a chain table); the paper's
         # probability gates leave it to max_lazy_steps.
         self.max_run = gates.longest_chain if self.cost else None
+        self.reads_input = not self.static               # a schedule's decisions read no activations
         self.schedule = None                         # (timesteps (S,), log thresholds (S, depth, 2))
         self.chains = None                           # chain plans: (timesteps (S,), log thresholds (S, R + 1))
         self.share = None                            # the chain plan's lazy share at the schedule's costs
@@ -348,6 +352,7 @@ class RandomLazy(Policy):
 
     name = "random"
     lazy_possible = True
+    reads_input = False
 
     def __init__(self, ratio: float, seed: int = 0, longest: int = 1):
         top = longest / (longest + 1)
@@ -377,6 +382,7 @@ class StaticMask(Policy):
 
     name = "static"
     lazy_possible = True
+    reads_input = False
 
     def __init__(self, lazy):
         self.lazy = torch.as_tensor(lazy, dtype=torch.bool).cpu()         # (steps, depth, 2)
@@ -392,6 +398,7 @@ class Fora(Policy):
 
     name = "fora"
     lazy_possible = True
+    reads_input = False
 
     def __init__(self, interval: int):
         if interval < 1:
@@ -417,6 +424,7 @@ class ForcedRatio(Policy):
 
     name = "forced"
     lazy_possible = True
+    reads_input = False
 
     def __init__(self, ratio: float, depth: int):
         if not 0 <= ratio < 1:
@@ -477,7 +485,7 @@ class StepRange(Policy):
     def __init__(self, inner: Policy, low: float, high: float):
         self.inner, self.low, self.high = inner, float(low), float(high)
         self.name, self.lazy_possible, self.ranges = inner.name, inner.lazy_possible, inner.ranges
-        self.max_run = inner.max_run
+        self.max_run, self.reads_input = inner.max_run, inner.reads_input
 
     def inside(self, t):
         return self.low <= t <= self.high

@@ -21,26 +21,31 @@ from .gates import ATTN, MLP
 @dataclass(frozen=True)
 class Layout:
     """How a block class exposes its gated modules: the architecture gate files name, and the child names
-    of its attention and MLP (the pair gates decide for; anything else, e.g. cross-attention, computes)."""
+    of its attention and MLP (the pair gates decide for; anything else, e.g. cross-attention, computes).
+    norms: the child names of the norms whose output only the attention and the MLP read, in that order,
+    through elementwise ops that broadcast over tokens (adaLN's modulate): where no row computes the module,
+    the norm is skipped too (NormProxy). Empty: the norms always run."""
 
     architecture: str
     attn: str = "attn"
     mlp: str = "mlp"
+    norms: tuple = ()
 
 
 # Block class -> layout. Hosts register their own classes (ComfyUI's PixArtMSBlock is registered by the
 # node pack, since lazy_core imports nothing from ComfyUI). DyDiT has DiT's modules but is its own
 # architecture: gates measured on the dense weights do not fit its dynamic widths, nor the other way round.
-LAYOUTS = {DyDiTBlock: Layout("dydit"), DiTBlock: Layout("dit")}
+DIT_NORMS = ("norm1", "norm2")
+LAYOUTS = {DyDiTBlock: Layout("dydit", norms=DIT_NORMS), DiTBlock: Layout("dit", norms=DIT_NORMS)}
 
 
 class UnsupportedModelError(TypeError):
     """The model's blocks have no attention/MLP pair the proxies can stand in for."""
 
 
-def register_block(block_class, architecture, attn="attn", mlp="mlp"):
-    """Lets a host name the gated modules of its own block class."""
-    LAYOUTS[block_class] = Layout(architecture, attn, mlp)
+def register_block(block_class, architecture, attn="attn", mlp="mlp", norms=()):
+    """Lets a host name the gated modules of its own block class (and the norms that feed them: Layout)."""
+    LAYOUTS[block_class] = Layout(architecture, attn, mlp, tuple(norms))
 
 
 def layout_for(block):
@@ -81,6 +86,20 @@ class ModuleProxy(nn.Module):
                 return module(x, *args, **kwargs)
             return module(x, *pick_rows(args, idx, rows), **dict(zip(kwargs, pick_rows(kwargs.values(), idx, rows))))
         return self.state.call.run(self.block, self.kind, fn, z)
+
+
+class NormProxy(ModuleProxy):
+    """Stands in for the norm that feeds gated module `kind`. When the call knows before the module's input
+    exists that no row computes the module (policies that do not read it), it returns a one-token view of
+    its own input instead of normalizing every token: a lazy module reads only its input's rows, dtype and
+    device, and the modulation in between broadcasts over tokens, so a lazy step skips the norm and the
+    modulation and the output stays bit-identical."""
+
+    @torch.compiler.disable
+    def forward(self, x, *args, **kwargs):
+        if x.dim() == 3 and self.state.call.skips(self.block, self.kind, x):
+            return x[:, :1]
+        return self.module(x, *args, **kwargs)
 
 
 class BlockProxy(nn.Module):
@@ -141,6 +160,8 @@ class Attachment:
                     raise RuntimeError("lazy proxies are already attached to this model: detach them first")
                 self.swaps.append((blocks._modules, str(i), blk, LazyBlock(blk, i, state)))
             return
+        # Norms get proxies only where the policy decides without reading the modules' inputs.
+        blind = not getattr(getattr(state, "policy", None), "reads_input", True)
         for i, blk in enumerate(blocks):
             layout = layout_for(blk)
             for kind, name in ((ATTN, layout.attn), (MLP, layout.mlp)):
@@ -148,6 +169,9 @@ class Attachment:
                 if isinstance(module, ModuleProxy):
                     raise RuntimeError("lazy proxies are already attached to this model: detach them first")
                 self.swaps.append((blk._modules, name, module, ModuleProxy(module, i, kind, state)))
+            if blind:
+                self.swaps += [(blk._modules, name, blk._modules[name], NormProxy(blk._modules[name], i, kind, state))
+                               for kind, name in zip((ATTN, MLP), layout.norms)]
         if getattr(getattr(state, "policy", None), "ranges", False):
             self.swaps += [(blocks._modules, str(i), blk, BlockProxy(blk, i, state)) for i, blk in enumerate(blocks)]
 
