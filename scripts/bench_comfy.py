@@ -1,7 +1,7 @@
 """Comparison inside ComfyUI (not a test): every method runs through the real KSampler on the built-in demo
 model with the same labels, seeds and sampler, side by side in one run: exact; at FORA's lazy shares near
 each --targets (50 %, 67 %, 75 % for intervals 2, 3, 4) the learned gates, the sensitivity schedule, random
-decisions in chains, fewer sampler steps at equal attention/MLP MACs and at the learned gates' wall time,
+decisions in chains, fewer sampler steps at equal attention/MLP MACs and at the gates' and schedule's wall time,
 FORA (repeat and extrapolated) and TaylorSeer (orders 1 and 2); Δ-DiT, and ComfyUI's own EasyCache and
 LazyCache. Quality against the exact output (PSNR/SSIM) and against Fashion-MNIST (FID in the classifier's
 feature space, class accuracy); wall-clock speed-up; the attention + MLP MACs each method computed, as a
@@ -140,9 +140,10 @@ def main(args):
                "macs": steps / args.steps * (sum(macs) / len(macs) if macs else 1.0)}
         if name.startswith(("EasyCache", "LazyCache")):
             row["macs"] = None                          # they skip whole steps; not counted here
-        if name.startswith("learned gates"):                  # fewer steps at the gates' wall time
+        if name.startswith(("learned gates", "sensitivity schedule")):      # fewer steps at their wall time
             same_time = max(1, round(args.steps * seconds / results["exact"]["seconds"]))
-            pending.insert(0, (f"{same_time} steps (learned gates' wall time)", (lambda m: m, same_time)))
+            timed = f"{same_time} steps ({name.split(' @')[0]}'s wall time)"
+            pending.insert(0, (timed, (lambda m: m, same_time)))
         if name == "DyDiT dynamic (lambda 0.5)":
             fewer = round(args.steps * row["macs"])
             pending.append((f"{fewer} steps (DyDiT's MACs)", (lambda m: m, fewer)))
